@@ -35,7 +35,13 @@ from generative_rec.errors import ConfigError
 from generative_rec.indexing import build_index
 from generative_rec.io import atomic_dir, atomic_write_json, read_json
 from generative_rec.modeling import (
-    add_item_tokens, apply_lora, build_tiny_random, count_parameters, load_model, pick_dtype, resolve_model,
+    add_item_tokens,
+    apply_lora,
+    build_tiny_random,
+    count_parameters,
+    load_model,
+    pick_dtype,
+    resolve_model,
 )
 from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
 
@@ -244,7 +250,6 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from generative_rec.evaluation.llm import evaluate_llm
 
     out = Path(cfg.output)
     if (out / "bundle.json").exists() and not (overwrite or resume):
