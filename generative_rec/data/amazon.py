@@ -30,7 +30,7 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +163,7 @@ def holdout_mask(inter: Interactions, last_n: int = 2) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- mining item text from reviews
+Phrase = tuple[str, ...]
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[-'’][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
 _STOPWORDS = """
 a about above after again against all almost also although always am among an and another any anyone anything
@@ -182,7 +183,7 @@ wouldn't wow yes yet you your amazon item items stars star five four three price
 cheaper awesome fantastic amazing terrific wonderful happy pleased glad bad worst review reviews job buck bucks
 definitely absolutely simply overall super solid decent fair must-have gave give gives superb beat anywhere
 guess help helps fit fits feel feels hold holds play playing played likes supposed extra bit issue issues year years
-day days week weeks month months plus etc actually probably maybe already
+day days week weeks month months plus etc actually probably maybe already completely satisfied disappointed sturdy
 """
 _STOP = frozenset(_STOPWORDS.split())
 
@@ -191,9 +192,9 @@ def _tokens(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def _phrases(text: str, max_n: int = 3) -> set[tuple[str, ...]]:
+def _phrases(text: str, max_n: int = 3) -> set[Phrase]:
     """Candidate phrases: 1..max_n-grams inside runs of non-stopword words (RAKE-style chunks)."""
-    out: set[tuple[str, ...]] = set()
+    out: set[Phrase] = set()
     chunk: list[str] = []
     for tok in [*_tokens(text.lower()), "."]:
         if tok[0].isalnum() and tok not in _STOP and "'" not in tok and "’" not in tok:
@@ -234,7 +235,8 @@ def items_from_reviews(inter: Interactions, allowed: np.ndarray | None = None, t
     are readable rather than ID-like on purpose (they are prompt text and the targets of the title ID
     scheme; an ASIN adds opaque tokens a model can copy): they are made unique by adding the item's next
     phrase, and only if that fails by an ``" (ASIN)"`` suffix. An item with no allowed review gets
-    ``"Item ASIN"``. Fields: ``description`` ("Reviewers mention: ...") and ``keywords`` (space-separated
+    ``"Item ASIN"`` and empty fields. Fields: ``description`` ("Reviewers mention: a, b, ...", no final period:
+    ``prepare`` joins fields with ". ") and ``keywords`` (space-separated
     single words, usable as ``attribute_field``).
     """
     ids = list(dict.fromkeys(inter.items))
@@ -258,72 +260,86 @@ def items_from_reviews(inter: Interactions, allowed: np.ndarray | None = None, t
     n_items = len(ids)
     forms = _surface_forms([reviews[r] for rows in rows_of.values() for r in rows])
 
-    def ranked(i: str) -> list[tuple[str, ...]]:
+    def ranked(i: str) -> list[Phrase]:
         sup = support[i]
         scored = [((1 + math.log(s)) * math.log((1 + n_items) / (1 + df[g])) * (1 + 0.25 * (len(g) - 1)), g)
                   for g, s in sup.items()]
         scored.sort(key=lambda x: (nrev[i][x[1]] < 2, -x[0], x[1]))  # phrases of >= 2 reviews first
         return [g for _, g in scored]
 
-    def render(g: tuple[str, ...]) -> str:
+    def render(g: Phrase) -> str:
         return " ".join(forms.get(w, w) for w in g)
 
-    titles: list[list[tuple[str, ...]]] = []
-    spares: list[list[tuple[str, ...]]] = []
+    titles: list[list[Phrase]] = []
+    spares: list[list[Phrase]] = []
     descs, kws = [], []
     for i in ids:
         order = ranked(i)
-        strong = [g for g in order if nrev[i][g] >= 2] or order
-        chosen: list[tuple[str, ...]] = []
-        rest: list[tuple[str, ...]] = []
-        used: set[str] = set()
-        for g in strong:
-            stems = {_stem(w) for w in g}
-            if stems & used:
-                continue
-            (chosen if len(chosen) < title_phrases else rest).append(g)
-            used |= stems
+        chosen, rest = _pick_title_phrases([g for g in order if nrev[i][g] >= 2] or order, title_phrases)
         titles.append(chosen)
         spares.append(rest)
-        listed: list[tuple[str, ...]] = []
-        for g in order:
-            if len(listed) >= description_phrases:
-                break
-            sg = tuple(map(_stem, g))
-            if not any(_contains(h, sg) or _contains(sg, h) for h in map(lambda x: tuple(map(_stem, x)), listed)):
-                listed.append(g)
-        descs.append("Reviewers mention: " + ", ".join(render(g) for g in listed) + "." if listed else "")
-        kws.append([forms.get(g[0], g[0]) for g in order if len(g) == 1 and g[0].isalpha()][:keywords])
-    names = [_title(render, t) if t else f"Item {i}" for i, t in zip(ids, titles, strict=True)]
-    names = _make_unique(names, ids, spares, titles, render)
-    return Items(ids, names, {"description": descs, "keywords": [" ".join(k) for k in kws]},
-                 source=f"{inter.source} (mined from reviews)")
+        listed = _pick_distinct(order, description_phrases)
+        descs.append("Reviewers mention: " + ", ".join(render(g) for g in listed) if listed else "")
+        kws.append(" ".join([forms.get(g[0], g[0]) for g in order if len(g) == 1 and g[0].isalpha()][:keywords]))
+    names = _unique_titles(ids, titles, spares, render)
+    return Items(ids, names, {"description": descs, "keywords": kws}, source=f"{inter.source} (mined from reviews)")
+
+
+def _pick_title_phrases(ranked: list[Phrase], k: int) -> tuple[list[Phrase], list[Phrase]]:
+    """The first ``k`` phrases sharing no (crudely stemmed) word, and the later such phrases as spares."""
+    chosen: list[Phrase] = []
+    rest: list[Phrase] = []
+    used: set[str] = set()
+    for g in ranked:
+        stems = {_stem(w) for w in g}
+        if stems & used:
+            continue
+        (chosen if len(chosen) < k else rest).append(g)
+        used |= stems
+    return chosen, rest
+
+
+def _pick_distinct(ranked: list[Phrase], k: int) -> list[Phrase]:
+    """Up to ``k`` phrases, none inside another ("cable" is dropped after "guitar cables")."""
+    listed: list[Phrase] = []
+    stems: list[Phrase] = []
+    for g in ranked:
+        if len(listed) >= k:
+            break
+        sg = tuple(_stem(w) for w in g)
+        if not any(_contains(h, sg) or _contains(sg, h) for h in stems):
+            listed.append(g)
+            stems.append(sg)
+    return listed
 
 
 def _stem(w: str) -> str:
     return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
 
 
-def _contains(big: tuple[str, ...], small: tuple[str, ...]) -> bool:
+def _contains(big: Phrase, small: Phrase) -> bool:
     n = len(small)
     return any(big[s:s + n] == small for s in range(len(big) - n + 1))
 
 
-def _title(render, phrases: list[tuple[str, ...]]) -> str:
+def _title(render: Callable[[Phrase], str], phrases: list[Phrase]) -> str:
     s = ", ".join(render(g) for g in phrases)
     return s[:1].upper() + s[1:]
 
 
-def _make_unique(names: list[str], ids: list[str], spares, titles, render) -> list[str]:
-    names = list(names)
+def _unique_titles(ids: list[str], titles: list[list[Phrase]], spares: list[list[Phrase]],
+                   render: Callable[[Phrase], str]) -> list[str]:
+    """Titles from phrases; clashing ones get the item's next phrase (up to 3 times), then ``" (ASIN)"``."""
+    parts = [list(t) for t in titles]
+    names = [_title(render, t) if t else f"Item {i}" for i, t in zip(ids, parts, strict=True)]
     for extra in range(3):
         clash = Counter(n.lower() for n in names)
         if all(c == 1 for c in clash.values()):
             return names
         for k, n in enumerate(names):
-            if clash[n.lower()] > 1 and extra < len(spares[k]):
-                titles[k] = [*titles[k], spares[k][extra]]
-                names[k] = _title(render, titles[k])
+            if clash[n.lower()] > 1 and parts[k] and extra < len(spares[k]):
+                parts[k].append(spares[k][extra])
+                names[k] = _title(render, parts[k])
     clash = Counter(n.lower() for n in names)
     return [f"{n} ({i})" if clash[n.lower()] > 1 else n for n, i in zip(names, ids, strict=True)]
 
