@@ -26,6 +26,23 @@ class TrieError(ValueError):
     """The sequences cannot form a valid trie (duplicate or prefix-related IDs, empty IDs)."""
 
 
+def sort_rows(a: np.ndarray) -> np.ndarray:
+    """Stable lexicographic order of the rows of ``a`` (values >= -1; -1 pads shorter rows, sorting first).
+
+    Rows are packed into one uint64 key when they fit (``width * bits <= 64``, e.g. 4 tokens of a
+    65k vocabulary), which sorts ~4x faster than ``np.lexsort`` over the columns.
+    """
+    width = a.shape[1]
+    bits = int(a.max()) + 2 if a.size else 1
+    bits = max(1, bits.bit_length())
+    if width * bits > 64:
+        return np.lexsort(a.T[::-1])
+    key = np.zeros(len(a), dtype=np.uint64)
+    for c in range(width):
+        key = (key << np.uint64(bits)) | (a[:, c].astype(np.int64) + 1).astype(np.uint64)
+    return np.argsort(key, kind="stable")
+
+
 class Trie:
     def __init__(self, token: np.ndarray, parent: np.ndarray, first_child: np.ndarray,
                  leaf_item: np.ndarray, item_leaf: np.ndarray, count: np.ndarray, level_offsets: np.ndarray):
@@ -44,20 +61,28 @@ class Trie:
         n = len(sequences)
         if n == 0:
             raise TrieError("no sequences")
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=n)
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=n)
         if (lengths == 0).any():
             raise TrieError(f"item {int(np.argmin(lengths))} has an empty ID")
         width = int(lengths.max())
-        a = np.full((n, width), -1, dtype=np.int64)
-        if (lengths == width).all():
-            a[:] = np.asarray(sequences, dtype=np.int64).reshape(n, width)
-        else:
-            for i, s in enumerate(sequences):
-                a[i, : len(s)] = s
-        if (a[:, 0] < 0).any() or ((a < -1).any()):
+        cols = np.arange(width)
+        if isinstance(sequences, np.ndarray) and sequences.size and int(sequences.max()) >= 2**31:
+            raise TrieError("token ids must be below 2**31")  # an array would wrap silently below
+        try:  # int32 halves the working memory; real vocabularies are far below 2**31
+            if (lengths == width).all():
+                a = np.asarray(sequences, dtype=np.int32).reshape(n, width)
+            else:
+                a = np.full((n, width), -1, dtype=np.int32)
+                for i, seq in enumerate(sequences):
+                    a[i, : len(seq)] = seq
+        except OverflowError:
+            raise TrieError("token ids must be below 2**31") from None
+        real = cols[None, :] < lengths[:, None]
+        if (a[real] < 0).any():
             raise TrieError("token ids must be non-negative")
-        order = np.lexsort(a.T[::-1])
+        order = sort_rows(a)
         s = a[order]
+        del a, real
         lens = lengths[order]
 
         # first column where each row differs from the previous row (row 0: 0)
@@ -66,6 +91,7 @@ class Trie:
         first_diff[0] = 0
         any_diff = diff.any(axis=1)
         first_diff[1:] = np.where(any_diff, diff.argmax(axis=1), width)
+        del diff, any_diff
         # prefix-free: the previous row must differ within its own length
         bad = first_diff[1:] >= lens[:-1]
         if bad.any():
@@ -74,36 +100,38 @@ class Trie:
             kind = "the same ID" if lens[k - 1] == lens[k] else "an ID that is a prefix of another"
             raise TrieError(f"items {i} and {j} have {kind}: {list(sequences[i])} / {list(sequences[j])}")
 
-        cols = np.arange(width)
         new_node = (cols[None, :] >= first_diff[:, None]) & (cols[None, :] < lens[:, None])
         per_level = new_node.sum(axis=0)
         level_offsets = np.concatenate([[0, 1], 1 + np.cumsum(per_level)]).astype(np.int64)
         n_nodes = int(level_offsets[-1])
-        node_of = np.zeros((n, width), dtype=np.int64)
-        token = np.full(n_nodes, -1, dtype=np.int64)
-        parent = np.full(n_nodes, -1, dtype=np.int64)
+        token = np.full(n_nodes, -1, dtype=np.int32)
+        parent = np.full(n_nodes, -1, dtype=np.int32)
+        leaf_nodes = np.empty(n, dtype=np.int64)
         prev = np.zeros(n, dtype=np.int64)  # node of depth d-1 for each row (root for d = 0)
         for d in range(width):
             col_new = new_node[:, d]
             ids = level_offsets[d + 1] + np.cumsum(col_new) - 1
-            node_of[:, d] = ids
             rows = np.flatnonzero(col_new)
             token[ids[rows]] = s[rows, d]
             parent[ids[rows]] = prev[rows]
+            ends = lens == d + 1
+            leaf_nodes[ends] = ids[ends]
             prev = ids
+        del s, new_node, prev
         child_counts = np.bincount(parent[1:], minlength=n_nodes)
         first_child = np.concatenate([[1], 1 + np.cumsum(child_counts)]).astype(np.int64)
-        leaf_nodes = node_of[np.arange(n), lens - 1]
-        leaf_item = np.full(n_nodes, -1, dtype=np.int64)
+        del child_counts
+        leaf_item = np.full(n_nodes, -1, dtype=np.int32)
         leaf_item[leaf_nodes] = order
         item_leaf = np.empty(n, dtype=np.int64)
         item_leaf[order] = leaf_nodes
-        count = (leaf_item >= 0).astype(np.int64)
-        for d in range(width, 0, -1):
+        count = (leaf_item >= 0).astype(np.int32)
+        for d in range(width, 0, -1):  # add each level's counts into its parents (one level up)
             lo, hi = level_offsets[d], level_offsets[d + 1]
-            np.add.at(count, parent[lo:hi], count[lo:hi])
-        return cls(token.astype(np.int32), parent.astype(np.int32), first_child, leaf_item.astype(np.int32),
-                   item_leaf, count.astype(np.int32), level_offsets)
+            plo, phi = level_offsets[d - 1], level_offsets[d]
+            count[plo:phi] += np.bincount(parent[lo:hi] - plo, weights=count[lo:hi],
+                                          minlength=phi - plo).astype(np.int32)
+        return cls(token, parent, first_child, leaf_item, item_leaf, count, level_offsets)
 
     # ------------------------------------------------------------------ queries
     ROOT = 0
