@@ -169,6 +169,8 @@ def train_tiny_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int 
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     corpus = [t for t in texts if t.strip()]
+    # byte fallback needs 256 byte pieces plus every distinct character; leave room for some merges
+    vocab_size = max(vocab_size, 256 + len(set("".join(corpus))) + 4 + 32)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, split_digits=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
