@@ -32,6 +32,10 @@ class ModelSection:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16"})
     tiny: dict = field(default_factory=lambda: {"hidden": 32, "layers": 2, "heads": 2, "vocab": 400},
                        metadata={"help": "size of the tiny-random model (tests)"})
+    popularity_start: bool = field(default=True, metadata={"help": "schemes that add tokens: untie the LM head "
+                                   "and calibrate the new tokens' output rows to training popularity before training"})
+    head_content_scale: float = field(default=0.3, metadata={"help": "with popularity_start: weight of the "
+                                      "title-based part of the new output rows at the start"})
 
 
 @dataclass

@@ -123,12 +123,17 @@ class LoraSettings:
     layers: list[int] | None = field(default=None, metadata={"help": "only these decoder layers (None = all)"})
 
 
-def apply_lora(model, cfg: LoraSettings, trainable_token_ids: list[int] | None = None):
+def apply_lora(model, cfg: LoraSettings, trainable_token_ids: list[int] | None = None, untied: bool = False):
+    """Wrap ``model`` with LoRA adapters; ``trainable_token_ids`` (new item tokens) get trainable rows in the
+    input embeddings and, when the head is untied, in the LM head too."""
     from peft import LoraConfig, get_peft_model
 
     kwargs = {}
     if trainable_token_ids:
-        kwargs["trainable_token_indices"] = {"embed_tokens": list(trainable_token_ids)}
+        idx = {"embed_tokens": list(trainable_token_ids)}
+        if untied:
+            idx["lm_head"] = list(trainable_token_ids)
+        kwargs["trainable_token_indices"] = idx
     lcfg = LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
         layers_to_transform=cfg.layers, task_type="CAUSAL_LM", **kwargs,
@@ -191,3 +196,64 @@ def build_tiny_random(texts: list[str], work_dir: str | Path, hidden: int = 32, 
     model.config.bos_token_id = tok.bos_token_id
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+# --------------------------------------------------------------------------- popularity-aware start
+def untie_output_embeddings(model) -> None:
+    """Give the LM head its own weight (a copy of the tied input embeddings), so item tokens can have
+    different input and output rows. The saved config says ``tie_word_embeddings: false``."""
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    if head is None or head.weight.data_ptr() != emb.weight.data_ptr():
+        return
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+    head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+
+
+@torch.no_grad()
+def popularity_start(model, batches, first_token_counts: dict[int, float], margin: float = 3.0,
+                     rounds: int = 2, content_scale: float | None = None) -> dict:
+    """Shift the (new) first-level ID tokens' embeddings so that, at positions where an ID starts, the
+    model already ranks them by training popularity and puts most probability mass on them.
+
+    With ``m`` the mean final hidden state at those positions, adding ``delta_t * m / |m|^2`` to token
+    ``t``'s output row raises its mean logit there by ``delta_t``; ``delta_t`` is chosen so the mean
+    logit becomes ``log share_t + logsumexp(other tokens) + margin``. Step 0 then behaves like the
+    popularity baseline plus the title-based content signal already in the rows; training adds the
+    personal part. (Tied embeddings: the input rows move too, a shared 'popularity' direction.)
+    With untied embeddings, ``content_scale`` first scales those output rows (their title-based part), so
+    the popularity ranking dominates at the start; the input rows keep the full title signal.
+    Returns diagnostics (item probability mass before/after).
+    """
+    tokens = torch.tensor(sorted(first_token_counts), dtype=torch.long)
+    if content_scale is not None:
+        model.get_output_embeddings().weight[tokens] *= content_scale
+    counts = torch.tensor([float(first_token_counts[int(t)]) for t in tokens])
+    log_share = torch.log((counts + 1.0) / (counts + 1.0).sum())
+    head = model.get_output_embeddings().weight
+    decoder = model.model
+    is_first = torch.zeros(head.shape[0], dtype=torch.bool)
+    is_first[tokens] = True
+    info = {}
+    for rnd in range(rounds + 1):
+        hs = []
+        for b in batches:
+            h = decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+            nxt = b["labels"][:, 1:]
+            sel = (nxt >= 0) & is_first[nxt.clamp_min(0)]
+            hs.append(h[:, :-1][sel])
+        hmat = torch.cat(hs).float()
+        logits = hmat @ head.float().T
+        mass = torch.softmax(logits, -1)[:, tokens].sum(-1).mean().item()
+        info[f"item_mass_round{rnd}"] = round(mass, 4)
+        if rnd == rounds:
+            break
+        rest = logits.clone()
+        rest[:, tokens] = -float("inf")
+        target = log_share + torch.logsumexp(rest, -1).mean() + margin
+        delta = target - logits[:, tokens].mean(0)
+        m = hmat.mean(0)
+        head[tokens] += (delta[:, None] * (m / (m @ m))[None, :]).to(head.dtype)
+    return info

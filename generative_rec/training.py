@@ -41,7 +41,9 @@ from generative_rec.modeling import (
     count_parameters,
     load_model,
     pick_dtype,
+    popularity_start,
     resolve_model,
+    untie_output_embeddings,
 )
 from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
 
@@ -164,6 +166,20 @@ def collate(group, pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _tied(model) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def first_token_popularity(id_tokens, train_counts, new_ids: set[int]) -> dict[int, float]:
+    """Training popularity summed per first ID token (only tokens the scheme added)."""
+    out: dict[int, float] = {}
+    for seq, c in zip(id_tokens, train_counts, strict=True):
+        if seq and seq[0] in new_ids:
+            out[seq[0]] = out.get(seq[0], 0.0) + float(c)
+    return out
+
+
 # --------------------------------------------------------------------------- set-up
 def ensure_data(cfg: RunConfig, accelerator=None) -> RecData:
     path = Path(cfg.data.path)
@@ -260,7 +276,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
                                   f"or --overwrite to start again")
         shutil.rmtree(out / "checkpoints")
     mixed = "bf16" if pick_dtype(cfg.model.dtype) == torch.bfloat16 and torch.cuda.is_available() else "no"
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=mixed)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=mixed,
+                              cpu=not torch.cuda.is_available())
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
@@ -276,15 +293,21 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     domain = data.meta.get("domain", "item")
     renderer = Renderer(tok, id_tokens, data.titles, domain)
     templates = select_templates(cfg)
-    torch.manual_seed(cfg.train.seed)
-    model = apply_lora(model, cfg.lora, new_ids)
-    n_train, n_total = count_parameters(model)
     setup = TrainingSetup(cfg, data, renderer, templates, new_ids)
-
     # Schedule: micro-batches per epoch are known up front (examples are a function of seed and epoch).
     first = epoch_examples(setup, 0)
     if not first:
         raise ConfigError("no training examples (are the users' training sequences long enough?)")
+    start_info = {}
+    if cfg.model.popularity_start and new_ids:
+        untie_output_embeddings(model)
+        start_info = popularity_start(model, make_batches(first[:64], 16, tok.pad_token_id, 0),
+                                      first_token_popularity(id_tokens, data.train_counts, set(new_ids)),
+                                      content_scale=cfg.model.head_content_scale)
+        accelerator.print(f"popularity start: {start_info}")
+    torch.manual_seed(cfg.train.seed)
+    model = apply_lora(model, cfg.lora, new_ids, untied=not _tied(model))
+    n_train, n_total = count_parameters(model)
     world = accelerator.num_processes
     micro_per_epoch = math.ceil(len(first) / cfg.train.batch_size) // world
     steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum)
@@ -366,6 +389,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     state["elapsed_s"] = time.time() - t_start
     accelerator.wait_for_everyone()
 
+    in_sync = _replicas_in_sync(accelerator, wrapper)
     val = _validate(accelerator, wrapper, renderer, trie, data, val_users, cfg, templates)
     if accelerator.is_main_process:
         train_info = {
@@ -373,8 +397,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
             "target_tokens": state["target_tokens"], "train_seconds": round(state["elapsed_s"], 1),
             "tokens_per_s": round(state["tokens"] / max(state["elapsed_s"], 1e-9), 1),
             "final_loss": next((r["loss"] for r in reversed(state["log"]) if "loss" in r), None),
-            "trainable_params": n_train, "total_params": n_total, "processes": world,
-            "device": str(accelerator.device), "log": state["log"],
+            "trainable_params": n_train, "total_params": n_total, "processes": world, "replicas_in_sync": in_sync,
+            "device": str(accelerator.device), "popularity_start": start_info, "log": state["log"],
         }
         write_bundle(out, cfg, accelerator.unwrap_model(wrapper).model, tok, data, index, trie, templates,
                      {"train": train_info, "valid": val})
@@ -382,6 +406,20 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
                           f"{train_info['tokens_per_s']} tokens/s)")
     accelerator.wait_for_everyone()
     return out
+
+
+def _replicas_in_sync(accelerator, wrapper) -> bool:
+    """With several processes, check that every replica ended with the same trainable weights."""
+    if accelerator.num_processes == 1:
+        return True
+    model = accelerator.unwrap_model(wrapper)
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).sum()
+    sums = accelerator.gather(checksum.reshape(1).to(accelerator.device))
+    ok = bool(torch.allclose(sums, sums[0].expand_as(sums), rtol=0, atol=1e-9))
+    accelerator.print(f"replicas in sync: {ok} (trainable-weight checksums {sums.tolist()})")
+    if not ok:
+        raise RuntimeError("distributed replicas diverged: trainable weights differ between processes")
+    return ok
 
 
 def _fmt(m: dict) -> str:

