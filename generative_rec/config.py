@@ -49,6 +49,7 @@ class PromptSection:
     max_history: int = field(default=20, metadata={"help": "most recent history items shown in a prompt"})
     min_context: int = field(default=1, metadata={"help": "items of context before the first trained target"})
     windows: str = field(default="last", metadata={"help": "last: each user's most recent window; all: every window"})
+    task_options: dict = field(default_factory=dict, metadata={"help": "task name -> task-specific options"})
 
 
 @dataclass

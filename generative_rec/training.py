@@ -46,6 +46,8 @@ from generative_rec.modeling import (
     untie_output_embeddings,
 )
 from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
+from generative_rec.tasks import TaskContext, build_task
+from generative_rec.tasks.next_item import windows  # noqa: F401  (re-exported for callers and tests)
 
 log = logging.getLogger(__name__)
 
@@ -83,62 +85,16 @@ class TrainingSetup:
     new_token_ids: list[int]
 
 
-def windows(seq: np.ndarray, width: int, mode: str, min_context: int) -> list[np.ndarray]:
-    """Split a training sequence into windows of ``width`` items for packed training.
-
-    ``last``: only the most recent window. ``all``: windows from the end backwards overlapping by
-    ``min_context`` items, so every item after the first ``min_context`` is a target exactly once.
-    """
-    if len(seq) <= width or mode == "last":
-        return [seq[-width:]]
-    if mode != "all":
-        raise ConfigError(f"prompts.windows must be 'last' or 'all', not {mode!r}")
-    out, end, stride = [], len(seq), max(1, width - min_context)
-    while end > min_context:
-        out.append(seq[max(0, end - width): end])
-        end -= stride
-    return out[::-1]
-
-
 def epoch_examples(s: TrainingSetup, epoch: int) -> list[tuple[list[int], list[int]]]:
-    """All examples of one epoch; a pure function of (seed, epoch)."""
-    cfg, data, r = s.cfg, s.data, s.renderer
+    """All examples of one epoch (every task in the mixture, shuffled); a pure function of (seed, epoch)."""
+    cfg = s.cfg
     rng = random.Random(cfg.train.seed * 1_000_003 + epoch)
-    width = cfg.prompts.max_history + 1
+    ctx = TaskContext(s.data, s.renderer, cfg.prompts.max_history, cfg.prompts.min_context, cfg.prompts.windows,
+                      cfg.prompts.task_options)
     out: list[tuple[list[int], list[int]]] = []
     for task, weight in cfg.prompts.tasks.items():
-        pool = s.templates.get(task)
-        if not pool:
-            raise ConfigError(f"no templates for task {task!r} (have {sorted(s.templates)})")
-        if task == "next_item":
-            units = [w for u in range(data.num_users)
-                     for w in windows(data.train_sequence(u), width, cfg.prompts.windows, cfg.prompts.min_context)]
-            for w in _weighted(units, weight, rng):
-                if len(w) <= cfg.prompts.min_context:
-                    continue
-                t = pool[rng.randrange(len(pool))]
-                if t.sequence_capable:
-                    out.append(r.sequence_example(t, w, cfg.prompts.min_context))
-                else:
-                    cut = rng.randrange(cfg.prompts.min_context, len(w))
-                    out.append(r.next_item_example(t, w[max(0, cut - cfg.prompts.max_history): cut], int(w[cut])))
-        elif task == "item_title":
-            for i in _weighted(list(range(data.num_items)), weight, rng):
-                out.append(r.item_example(pool[rng.randrange(len(pool))], int(i)))
-        else:
-            raise ConfigError(f"task {task!r} has no example builder (known: next_item, item_title)")
+        out += build_task(task, ctx, s.templates.get(task, []), weight, rng)
     rng.shuffle(out)
-    return out
-
-
-def _weighted(units: list, weight: float, rng: random.Random) -> list:
-    """``weight`` x len(units) draws: whole passes without replacement, then a random remainder."""
-    whole, frac = int(weight), weight - int(weight)
-    out = []
-    for _ in range(whole):
-        out += units
-    if frac > 0:
-        out += rng.sample(units, int(round(frac * len(units))))
     return out
 
 
