@@ -213,10 +213,18 @@ class Renderer:
         return ids, labels
 
     # --------------------------------------------------------------- other tasks
-    def item_example(self, t: Template, item: int, **values: str) -> tuple[list[int], list[int]]:
-        """A single-item task (ID <-> title alignment, ...): loss on ``t.target`` and EOS."""
-        p_ids, _ = self._fill(t.prompt, item=item, t=t, **values)
-        tgt_ids, _ = self._fill(t.target, item=item, t=t, **values)
+    def item_prompt_ids(self, t: Template, item: int, history: Sequence[int] | None = None, **values: str) -> list[int]:
+        """The prompt of a single-item task (for generation): everything before ``t.target``."""
+        return self.bos + self._fill(t.prompt, item=item, history=history or [], t=t, **values)[0]
+
+    def item_example(self, t: Template, item: int, history: Sequence[int] | None = None,
+                     **values: str) -> tuple[list[int], list[int]]:
+        """A single-item task (ID <-> title alignment, explanation, ...): loss on ``t.target`` and EOS.
+
+        ``history`` fills a ``{history}`` placeholder (items shown with ``t.item``, joined by ``t.sep``);
+        other placeholders come from ``values`` (e.g. ``reason``)."""
+        p_ids, _ = self._fill(t.prompt, item=item, history=history or [], t=t, **values)
+        tgt_ids, _ = self._fill(t.target, item=item, history=history or [], t=t, **values)
         ids = self.bos + p_ids + tgt_ids
         labels = [IGNORE] * (len(self.bos) + len(p_ids)) + list(tgt_ids)
         if self.eos is not None:
