@@ -32,7 +32,7 @@ def normalise_rows(x: np.ndarray, center: bool = False) -> np.ndarray:
 @dataclass
 class ContentKNN:
     item_embeddings: np.ndarray | None = field(default=None, repr=False)
-    decay: float = 1.0  # weight of a history item = decay ** (number of later history items)
+    decay: float = 0.9  # weight of a history item = decay ** (number of later history items)
     last_n: int | None = None  # use only the last n history items (None: all)
     center: bool = True
 

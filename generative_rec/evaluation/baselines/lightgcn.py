@@ -61,7 +61,7 @@ class LightGCNNet(torch.nn.Module):
 @dataclass
 class LightGCN:
     dim: int = 64
-    layers: int = 3
+    layers: int = 2  # layers and reg: the best of ``grid`` on ML-100K validation NDCG@10
     lr: float = 1e-2
     reg: float = 1e-4
     batch_size: int = 4096
