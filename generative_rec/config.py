@@ -30,7 +30,7 @@ class DataSection:
 class ModelSection:
     base: str = field(default="smollm2-135m", metadata={"help": "smollm2-135m (embedded), tiny-random, an HF folder or hub id"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16"})
-    tiny: dict = field(default_factory=lambda: {"hidden": 32, "layers": 2, "heads": 2, "vocab": 400},
+    tiny: dict = field(default_factory=lambda: {"hidden": 64, "layers": 2, "heads": 2, "vocab": 400},
                        metadata={"help": "size of the tiny-random model (tests)"})
     popularity_start: bool = field(default=True, metadata={"help": "schemes that add tokens: untie the LM head "
                                    "and calibrate the new tokens' output rows to training popularity before training"})

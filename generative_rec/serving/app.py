@@ -1,0 +1,214 @@
+"""``POST /v1/recommendations``: schemas, validation and the service behind it.
+
+The router is attached to vLLM's own FastAPI app (``serving.launch``), so the route shares the engine
+client with ``/v1/completions``, sits behind vLLM's ``--api-key`` middleware (every ``/v1`` path) and
+appears in vLLM's OpenAPI document (``/docs``, ``/openapi.json``). Errors use vLLM's error body
+(``{"error": {"message", "type", "param", "code"}}``): a bad request is HTTP 400 with a message that
+says what is wrong, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Literal, Protocol
+
+from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from generative_rec.decoding.beam import SearchStats
+from generative_rec.decoding.vllm_engine import AsyncTopK
+from generative_rec.serving import (
+    DEFAULT_MAX_K,
+    MAX_HISTORY_ITEMS,
+    RequestError,
+    has_explanations,
+    items_of,
+    prepare,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_BEAMS = 200
+
+ItemKey = StrictStr | StrictInt
+
+
+# --------------------------------------------------------------------------- schemas
+class RecommendationRequest(BaseModel):
+    """A user's history (oldest first) -> the ``k`` catalogue items most likely to come next."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"history": ["50", "172", "Star Wars (1977)"], "k": 10, "exclude_history": True}]})
+
+    history: list[ItemKey] = Field(
+        ..., max_length=MAX_HISTORY_ITEMS,
+        description="Items the user interacted with, oldest first: catalogue item ids, or exact titles. "
+                    "The prompt shows the most recent `max_history` of them (bundle manifest).")
+    k: StrictInt = Field(10, description="How many distinct items to return (1 .. catalogue size, and at "
+                                         "most the server's --max-k).")
+    exclude_history: StrictBool = Field(True, description="Never recommend an item of the history.")
+    exclude: list[ItemKey] = Field(default_factory=list, max_length=MAX_HISTORY_ITEMS,
+                                   description="Further item ids or titles never to recommend.")
+    num_beams: StrictInt | None = Field(None, description=f"Beam width (default k; at least k, at most {MAX_BEAMS}).")
+    explain: StrictBool = Field(False, description="Also return a one-line explanation per item (needs a bundle "
+                                                   "trained with an `explain` template; otherwise HTTP 400).")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str = Field(description="Catalogue item id.")
+    title: str
+    score: float = Field(description="Sequence log-probability of the item's ID tokens under the model "
+                                     "(sum of full-vocabulary log-softmax; higher is better).")
+    explanation: str | None = Field(None, description="Present only when `explain` was requested.")
+
+
+class DecodeInfo(BaseModel):
+    steps: int = Field(description="Beam-search steps (ID tokens decoded).")
+    beams_scored: int = Field(description="Beam rows scored over all steps.")
+    engine_requests: int = Field(description="Scoring requests sent to the engine.")
+    seconds: float = Field(description="Decoding wall time.")
+    engine_seconds: float = Field(description="Time waiting for the engine (shared with concurrent requests).")
+    trie_seconds: float = Field(description="Time in trie work: planning requests, masking, beam selection.")
+
+
+class RecommendationResponse(BaseModel):
+    object: Literal["recommendation"] = "recommendation"
+    model: str
+    items: list[RecommendedItem] = Field(description="k distinct catalogue items, best first.")
+    history_used: int = Field(description="History items shown to the model (the most recent ones).")
+    excluded: int = Field(description="Catalogue items excluded from the ranking.")
+    decode: DecodeInfo
+
+
+# --------------------------------------------------------------------------- explanations
+class Explainer(Protocol):
+    """Hook for explanations: given the history rows and the ranked rows, one text per item."""
+
+    async def explain(self, history: list[int], items: list[int]) -> list[str]: ...
+
+
+class VLLMExplainer:
+    """Explanations on the shared engine, following ``generative_rec.explain``'s contract: its prompt
+    (token ids), greedy decoding with its settings (EOS, item-ID tokens suppressed), its text clean-up."""
+
+    def __init__(self, bundle, engine, lora_request=None):
+        from generative_rec.explain import explain_settings, vllm_sampling_kwargs
+
+        self.bundle, self.engine, self.lora_request = bundle, engine, lora_request
+        self.settings = explain_settings(bundle)
+        self.kwargs = vllm_sampling_kwargs(self.settings)
+
+    async def _one(self, history: list[int], item: int) -> str:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        from generative_rec.decoding.vllm_engine import next_request_id
+        from generative_rec.explain import clean_explanation, explain_prompt_ids
+
+        prompt = explain_prompt_ids(self.bundle, history, item, self.settings.template, self.settings.max_history)
+        params = SamplingParams(**self.kwargs, output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=prompt), params, next_request_id("explain"),
+                                              lora_request=self.lora_request):
+            final = out
+        return clean_explanation(final.outputs[0].text)
+
+    async def explain(self, history: list[int], items: list[int]) -> list[str]:
+        return list(await asyncio.gather(*(self._one(history, i) for i in items)))
+
+
+def make_explainer(bundle, engine, lora_request=None) -> Explainer | None:
+    """The bundle's explainer, or None when it was not trained to explain (requests then get HTTP 400)."""
+    if not has_explanations(bundle):
+        return None
+    return VLLMExplainer(bundle, engine, lora_request)
+
+
+# --------------------------------------------------------------------------- service
+class RecommendationService:
+    """Turns requests into constrained beam searches on the shared engine."""
+
+    def __init__(self, bundle, engine, model_name: str, lora_request=None, max_k: int = DEFAULT_MAX_K,
+                 max_concurrency: int = 64):
+        self.bundle, self.model_name, self.max_k = bundle, model_name, max_k
+        self.topk = AsyncTopK(engine, bundle.trie, lora_request, max_concurrency=max_concurrency)
+        self.explainer = make_explainer(bundle, engine, lora_request)
+
+    async def recommend(self, req: RecommendationRequest) -> RecommendationResponse:
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            p = prepare(self.bundle, req.history, req.k, req.exclude_history, req.exclude, self.max_k)
+            if req.num_beams is not None and not req.k <= req.num_beams <= MAX_BEAMS:
+                raise RequestError(f"num_beams must be between k={req.k} and {MAX_BEAMS} (got {req.num_beams})",
+                                   "num_beams")
+            if req.explain and self.explainer is None:
+                raise RequestError("explanations are not available in this bundle (it was not trained with an "
+                                   "`explain` template)", "explain")
+        except RequestError as e:
+            raise VLLMValidationError(str(e), parameter=e.param) from None
+        stats = SearchStats()
+        t0 = time.perf_counter()
+        (ranked,) = await self.topk.topk([p.prompt], p.k, req.num_beams, [p.exclude], stats=stats)
+        items = items_of(self.bundle, ranked)
+        if req.explain:
+            texts = await self.explainer.explain(p.history, ranked.items)
+            for it, text in zip(items, texts, strict=True):
+                it["explanation"] = text
+        return RecommendationResponse(
+            model=self.model_name, items=[RecommendedItem(**it) for it in items], history_used=p.used,
+            excluded=len(p.exclude),
+            decode=self._decode_info(stats, time.perf_counter() - t0))
+
+    @staticmethod
+    def _decode_info(stats: SearchStats, seconds: float) -> DecodeInfo:
+        trie = stats.mask_seconds + stats.extra.get("trie_s", 0.0)
+        return DecodeInfo(steps=stats.steps, beams_scored=stats.rows, engine_requests=stats.extra.get("requests", 0),
+                          seconds=round(seconds, 5), engine_seconds=round(stats.model_seconds - stats.extra.get("trie_s", 0.0), 5),
+                          trie_seconds=round(trie, 5))
+
+    def close(self) -> None:
+        self.topk.close()
+
+
+# --------------------------------------------------------------------------- route
+class BodyLimitRoute(APIRoute):
+    """Rejects bodies over ``MAX_BODY_BYTES`` with HTTP 400 before they are parsed."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def limited(request: Request):
+            from vllm.exceptions import VLLMValidationError
+
+            n = request.headers.get("content-length", "")
+            too_big = n.isdigit() and int(n) > MAX_BODY_BYTES
+            if not too_big:
+                too_big = len(await request.body()) > MAX_BODY_BYTES  # cached: the handler reuses it
+            if too_big:
+                raise VLLMValidationError(f"request body is larger than {MAX_BODY_BYTES} bytes (a history may have "
+                                          f"at most {MAX_HISTORY_ITEMS} items)")
+            return await handler(request)
+
+        return limited
+
+
+router = APIRouter(route_class=BodyLimitRoute, tags=["recommendations"])
+
+
+@router.post("/v1/recommendations", response_model=RecommendationResponse, response_model_exclude_none=True,
+             responses={400: {"description": "Invalid request: the message says what is wrong."},
+                        401: {"description": "Missing or wrong API key (server started with --api-key)."}})
+async def recommendations(body: RecommendationRequest, raw_request: Request) -> RecommendationResponse:
+    """Top-k catalogue items for a history, by trie-constrained beam search (sequence log-probability)."""
+    return await raw_request.app.state.genrec.recommend(body)
+
+
+def attach(app) -> None:
+    """Add the recommendations route to vLLM's app (before its state is initialised)."""
+    app.include_router(router)

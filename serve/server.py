@@ -1,0 +1,19 @@
+"""Serve a bundle: ``python serve/server.py --bundle B [--port 8000 --api-key K ...] [-- vLLM flags]``.
+
+Same as ``genrec serve``; see docs/serving.md for the routes, schemas and ``vllm_xargs`` keys.
+"""
+
+import argparse
+
+from generative_rec.serving.cli import register
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="serve/server.py")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *__import__("sys").argv[1:]])
+    args.fn(args)
+
+
+if __name__ == "__main__":  # vLLM starts its engine processes with spawn
+    main()

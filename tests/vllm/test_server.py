@@ -1,0 +1,213 @@
+"""The real server (``genrec serve`` in a subprocess on 127.0.0.1) with the stock ``openai`` client and HTTP.
+
+Checks: /health and /v1/models as vLLM serves them; constrained completions contain only catalogue items
+(greedy and sampled, with exclusions); /v1/recommendations returns k distinct catalogue items ranked by
+score, the same as batch generation and the HF reference; bad input is a 400 that says what is wrong and
+the server keeps serving; a wrong API key is a 401 on every /v1 route; the route is in the OpenAPI doc.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+
+import pytest
+import torch
+from conftest import API_KEY, assert_same_topk
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    from generative_rec.bundle import Bundle
+
+    return Bundle(tiny_bundle)
+
+
+def completion_item(bundle, token_ids) -> int:
+    toks = list(token_ids)
+    if toks and toks[-1] == bundle.tokenizer.eos_token_id:
+        toks = toks[:-1]
+    return bundle.trie.item_of(toks)
+
+
+# ------------------------------------------------------------------------------------------- vLLM's own routes
+def test_health_and_models(tiny_server):
+    import httpx
+
+    assert httpx.get(f"{tiny_server.base}/health").status_code == 200  # no key needed
+    assert [m.id for m in tiny_server.client().models.list()] == ["genrec"]
+
+
+def test_constrained_completions_are_catalogue_items(tiny_server, bundle, users):
+    c = tiny_server.client()
+    prompt = bundle.prompt_ids(bundle.lookup(users[0]["history"])[-20:])
+    greedy = c.completions.create(model="genrec", prompt=prompt, max_tokens=12, temperature=0,
+                                  extra_body={"vllm_xargs": {"genrec_constrained": True}, "return_token_ids": True})
+    g = completion_item(bundle, greedy.choices[0].token_ids)
+    assert g >= 0 and greedy.choices[0].finish_reason == "stop"
+    assert greedy.choices[0].text.strip() == bundle.index.id_texts[g]
+    excluded = [bundle.item_ids[g], bundle.item_ids[0]]
+    sampled = c.completions.create(model="genrec", prompt=prompt, max_tokens=12, temperature=1.5, n=16, seed=7,
+                                   extra_body={"vllm_xargs": {"genrec_constrained": 1, "genrec_exclude": excluded},
+                                               "return_token_ids": True})
+    items = [completion_item(bundle, ch.token_ids) for ch in sampled.choices]
+    assert all(i >= 0 for i in items), [ch.token_ids for ch in sampled.choices]
+    assert not {bundle.item_ids[i] for i in items} & set(excluded)
+    plain = c.completions.create(model="genrec", prompt=prompt, max_tokens=6, temperature=0)  # processor inert
+    assert plain.choices[0].finish_reason == "length"
+
+
+def test_constrained_completion_bad_xargs_is_400(tiny_server, bundle):
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="unknown item"):
+        tiny_server.client().completions.create(model="genrec", prompt=bundle.prompt_ids([0]), max_tokens=8,
+                                                extra_body={"vllm_xargs": {"genrec_constrained": 1,
+                                                                           "genrec_exclude": ["nope"]}})
+
+
+# ------------------------------------------------------------------------------------------- recommendations
+def recommend(server, body, **kw):
+    r = server.post("/v1/recommendations", body, **kw)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_recommendations_are_distinct_ranked_catalogue_items(tiny_server, bundle, users):
+    for u in users[:4]:
+        for k in (1, 7, 10):
+            out = recommend(tiny_server, {"history": u["history"], "k": k})
+            ids = [it["item_id"] for it in out["items"]]
+            assert len(ids) == k and len(set(ids)) == k
+            assert all(i in bundle._by_id for i in ids) and not set(ids) & set(u["history"])
+            scores = [it["score"] for it in out["items"]]
+            assert scores == sorted(scores, reverse=True)
+            assert out["model"] == "genrec" and out["history_used"] == min(20, len(u["history"]))
+
+
+def test_titles_work_like_ids_and_history_can_be_kept(tiny_server, bundle, users):
+    u = users[2]
+    rows = bundle.lookup(u["history"])
+    titles = [bundle.titles[r] if bundle.titles.count(bundle.titles[r]) == 1 else bundle.item_ids[r] for r in rows]
+    a = recommend(tiny_server, {"history": u["history"], "k": 5})
+    b = recommend(tiny_server, {"history": titles, "k": 5})
+    assert a["items"] == b["items"]
+    kept = recommend(tiny_server, {"history": u["history"], "k": 5, "exclude_history": False, "exclude": ["i3"]})
+    assert kept["excluded"] == 1 and "i3" not in [it["item_id"] for it in kept["items"]]
+
+
+def test_server_agrees_with_batch_generation(tiny_server, batch_results, users):
+    """Same input -> same top-K, whether the request comes over HTTP (concurrently) or from a JSONL file."""
+    with cf.ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda u: recommend(tiny_server, {"history": u["history"], "k": 10}), users[:16]))
+    for u, out in zip(users[:16], outs, strict=True):
+        ref = batch_results[u["user_id"]]
+        assert_same_topk([i["item_id"] for i in out["items"]], [i["score"] for i in out["items"]],
+                         [i["item_id"] for i in ref["items"]], [i["score"] for i in ref["items"]])
+
+
+def test_server_agrees_with_hf_reference(tiny_server, bundle, users):
+    from transformers import AutoModelForCausalLM
+
+    from generative_rec.decoding.hf import hf_generate_topk
+    from generative_rec.serving import prepare
+
+    model = AutoModelForCausalLM.from_pretrained(bundle.model_dir, dtype=torch.float32).eval()
+    for u in users[4:7]:
+        p = prepare(bundle, u["history"], 10)
+        ref = hf_generate_topk(model, p.prompt, bundle.trie, 10, bundle.tokenizer.eos_token_id, exclude=p.exclude)
+        out = recommend(tiny_server, {"history": u["history"], "k": 10})
+        assert_same_topk([bundle._by_id[i["item_id"]] for i in out["items"]], [i["score"] for i in out["items"]],
+                         ref.items, ref.scores)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+BAD = [
+    ({"history": ["i1", "nope", "zzz"]}, "unknown item(s): 'nope', 'zzz'"),
+    ({"history": []}, "history is empty"),
+    ({"history": ["i1"], "k": 0}, "k must be at least 1"),
+    ({"history": ["i1"], "k": 151}, "larger than the catalogue (150 items)"),
+    ({"history": ["i1"], "k": "ten"}, "body.k"),
+    ({"history": "i1"}, "body.history"),
+    ({"history": [{"id": "i1"}]}, "body.history"),
+    ({"history": ["i1"], "k": 3, "exclude_history": "yes"}, "body.exclude_history"),
+    ({"history": ["i1"], "kk": 3}, "body.kk"),
+    ({"history": ["i1"], "k": 3, "num_beams": 2}, "num_beams must be between"),
+    ({"history": ["i1"], "explain": True}, "explanations are not available in this bundle"),
+    ({"k": 3}, "body.history"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD, ids=[m[:24] for _, m in BAD])
+def test_bad_requests_are_400_with_a_message(tiny_server, body, message):
+    r = tiny_server.post("/v1/recommendations", body)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]["message"], r.text
+
+
+def test_malformed_json_huge_body_and_server_keeps_serving(tiny_server, users):
+    r = tiny_server.post("/v1/recommendations", content=b'{"history": ["i1"')
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = tiny_server.post("/v1/recommendations", content=b"not json at all")
+    assert r.status_code == 400
+    huge = json.dumps({"history": ["i1"] * 200_000, "k": 5}).encode()  # ~1.2 MB
+    r = tiny_server.post("/v1/recommendations", content=huge)
+    assert r.status_code == 400 and "larger than" in r.json()["error"]["message"]
+    r = tiny_server.post("/v1/recommendations", {"history": ["i1"] * 1001})
+    assert r.status_code == 400
+    assert len(recommend(tiny_server, {"history": users[0]["history"], "k": 3})["items"]) == 3
+
+
+def test_wrong_api_key_is_401_everywhere(tiny_server, bundle):
+    import httpx
+    import openai
+
+    r = tiny_server.post("/v1/recommendations", {"history": ["i1"], "k": 3}, api_key="wrong")
+    assert r.status_code == 401
+    assert httpx.post(f"{tiny_server.base}/v1/recommendations", json={"history": ["i1"]}).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        tiny_server.client(api_key="wrong").completions.create(model="genrec", prompt=[1, 2], max_tokens=2)
+    assert tiny_server.client(api_key=API_KEY).models.list().data
+
+
+def test_openapi_documents_the_route(tiny_server):
+    import httpx
+
+    doc = httpx.get(f"{tiny_server.base}/openapi.json").json()
+    op = doc["paths"]["/v1/recommendations"]["post"]
+    assert "400" in op["responses"] and "/v1/completions" in doc["paths"]
+    req = doc["components"]["schemas"]["RecommendationRequest"]["properties"]
+    assert {"history", "k", "exclude_history", "explain"} <= set(req)
+
+
+# ------------------------------------------------------------------------------------------- slow: SmolLM2
+@pytest.mark.slow
+def test_smollm2_server(smol_server, smol_bundle, users):
+    from transformers import AutoModelForCausalLM
+
+    from generative_rec.bundle import Bundle
+    from generative_rec.decoding.hf import hf_generate_topk
+    from generative_rec.serving import prepare
+
+    b = Bundle(smol_bundle)
+    model = AutoModelForCausalLM.from_pretrained(b.model_dir, dtype=torch.float32).eval()
+    with cf.ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda u: recommend(smol_server, {"history": u["history"], "k": 10}), users[:4]))
+    for out in outs:
+        ids = [i["item_id"] for i in out["items"]]
+        assert len(set(ids)) == 10 and all(i in b._by_id for i in ids)
+    for u, out in zip(users[:2], outs[:2], strict=True):
+        ids = [i["item_id"] for i in out["items"]]
+        p = prepare(b, u["history"], 10)
+        ref = hf_generate_topk(model, p.prompt, b.trie, 10, b.tokenizer.eos_token_id, exclude=p.exclude)
+        assert_same_topk([b._by_id[i] for i in ids], [i["score"] for i in out["items"]], ref.items, ref.scores)
+    explained = recommend(smol_server, {"history": users[0]["history"], "k": 3, "explain": True})
+    assert len({i["item_id"] for i in explained["items"]}) == 3
+    assert all(isinstance(i["explanation"], str) and "\n" not in i["explanation"] for i in explained["items"])
+    c = smol_server.client()
+    sampled = c.completions.create(model="genrec", prompt=prepare(b, users[0]["history"], 1).prompt, max_tokens=12,
+                                   temperature=1.0, n=8, seed=1,
+                                   extra_body={"vllm_xargs": {"genrec_constrained": 1}, "return_token_ids": True})
+    assert all(completion_item(b, ch.token_ids) >= 0 for ch in sampled.choices)
