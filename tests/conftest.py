@@ -6,82 +6,19 @@ initialised 2-layer Llama with a SentencePiece tokenizer trained on the fixture'
 
 from __future__ import annotations
 
-import json
 import os
-import random
 from pathlib import Path
 
 import pytest
+from helpers import load_tiny, prepare_synthetic
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-REPO = Path(__file__).resolve().parent.parent
-AMAZON = Path(os.environ.get("GENREC_SHARED_DATA", REPO.parent / "shared" / "data")) / \
-    "amazon-musical-instruments-2014" / "reviews_Musical_Instruments_5.json.gz"
-
-WORDS = ["red", "blue", "night", "city", "river", "ghost", "star", "king", "love", "war", "dream", "iron",
-         "silent", "golden", "last", "lost", "wild", "dark", "summer", "winter"]
-GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
-
-
-def write_synthetic(folder: Path, n_users: int = 30, n_items: int = 40, seed: int = 0) -> tuple[Path, Path]:
-    """Interactions (JSONL) and items (CSV) with titles and genres; users follow genre-ish chains."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    items = folder / "items.csv"
-    with open(items, "w", encoding="utf-8") as f:
-        f.write("item_id,title,genres\n")
-        for i in range(n_items):
-            title = " ".join(rng.sample(WORDS, 2)).title() + f" ({1980 + i % 30})"
-            f.write(f"m{i},{title},{GENRES[i % len(GENRES)]} {GENRES[(i * 7) % len(GENRES)]}\n")
-    inter = folder / "inter.jsonl"
-    with open(inter, "w", encoding="utf-8") as f:
-        for u in range(n_users):
-            length = rng.randint(5, 14)
-            start = rng.randrange(n_items)
-            for t in range(length):
-                item = (start + t * (1 + u % 3)) % n_items
-                f.write(json.dumps({"user": f"u{u}", "item": f"m{item}", "ts": 1000 + 10 * t + u}) + "\n")
-    return inter, items
-
-
-def prepare_synthetic(folder: Path, **kw):
-    from generative_rec.data import PrepareConfig, prepare
-
-    inter, items = write_synthetic(folder / "raw", **kw)
-    return prepare(PrepareConfig(
-        source="table", output=str(folder / "prepared"), attribute_field="genres",
-        table={"path": str(inter), "user": "user", "item": "item", "timestamp": "ts",
-               "items_path": str(items), "item_id": "item_id", "title": "title", "item_fields": ["genres"]},
-    ))
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return prepare_synthetic(tmp_path_factory.mktemp("tiny-data"))
-
-
-def tiny_config(data: Path, output: Path, **sections) -> dict:
-    cfg = {
-        "data": {"path": str(data)},
-        "index": {"scheme": "atomic"},
-        "model": {"base": "tiny-random", "tiny": {"hidden": 32, "layers": 2, "heads": 2, "vocab": 300}},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "prompts": {"tasks": {"next_item": 1.0, "item_title": 0.2}, "max_history": 8},
-        "train": {"max_steps": 6, "batch_size": 4, "lr": 0.01, "save_every": 0, "eval_users": 8, "log_every": 2},
-        "eval": {"users": 10, "ks": [1, 5, 10]},
-        "output": str(output),
-    }
-    for k, v in sections.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    return cfg
-
-
-def load_tiny(data: Path, output: Path, **sections):
-    from generative_rec.config import RunConfig, from_dict
-
-    return from_dict(RunConfig, tiny_config(data, output, **sections))
 
 
 @pytest.fixture(scope="session")
@@ -92,14 +29,14 @@ def tiny_bundle(tmp_path_factory, tiny_data) -> Path:
     return train(load_tiny(tiny_data, tmp_path_factory.mktemp("tiny-bundle") / "bundle"))
 
 
-
-
 @pytest.fixture(scope="session")
 def ml100k(tmp_path_factory) -> Path:
     """MovieLens-100K prepared (fetched from the recbole wheel at set-up; see scripts/setup.sh)."""
     from generative_rec.data import PrepareConfig, prepare
 
-    return prepare(PrepareConfig(source="ml-100k", output=str(tmp_path_factory.mktemp("ml100k") / "prepared")))
+    return prepare(
+        PrepareConfig(source="ml-100k", output=str(tmp_path_factory.mktemp("ml100k") / "prepared"))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +51,12 @@ def smollm2_bundle(tmp_path_factory, ml100k) -> Path:
         "index": {"scheme": "atomic"},
         "model": {"base": "smollm2-135m", "dtype": "float32"},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "prompts": {"tasks": {"next_item": 1.0}, "templates": ["next_item/compact"],
-                    "inference": "next_item/compact", "max_history": 10},
+        "prompts": {
+            "tasks": {"next_item": 1.0},
+            "templates": ["next_item/compact"],
+            "inference": "next_item/compact",
+            "max_history": 10,
+        },
         "train": {"max_steps": 4, "batch_size": 4, "lr": 0.002, "save_every": 0, "eval_users": 10},
         "output": str(out),
     }

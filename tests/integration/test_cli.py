@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import AMAZON, REPO, tiny_config
+from helpers import AMAZON, REPO, tiny_config
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from helpers import REPO, tiny_config
 
 from generative_rec import benchmark
 from generative_rec.cli import main as genrec

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import load_tiny, tiny_config
+from helpers import load_tiny, tiny_config
 
 from generative_rec.bundle import Bundle
 from generative_rec.data import RecData

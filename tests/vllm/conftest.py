@@ -22,15 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vllm_helpers import API_KEY, TIE_TOL, assert_same_topk, read_jsonl, write_jsonl  # noqa: F401
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SMOLLM2 = Path("~/.cache/generative_rec/models/SmolLM2-135M-Instruct").expanduser()
-API_KEY = "test-key"
 N_ITEMS = 150
 N_USERS = 48
-TIE_TOL = 1e-4  # scores this close may swap places between engines (fp32 summation order)
 
 
 # ------------------------------------------------------------------------------------------- data / bundles
@@ -58,23 +57,38 @@ def prepare_data(tmp: Path) -> str:
     from generative_rec.data.prepare import PrepareConfig, prepare
 
     src = write_catalogue(tmp / "raw")
-    out = prepare(PrepareConfig(source="table", output=str(tmp / "data"), attribute_field="genre", table={
-        "path": str(src / "inter.csv"), "items_path": str(src / "items.jsonl"), "item_fields": ["genre"]}))
+    out = prepare(
+        PrepareConfig(
+            source="table",
+            output=str(tmp / "data"),
+            attribute_field="genre",
+            table={
+                "path": str(src / "inter.csv"),
+                "items_path": str(src / "items.jsonl"),
+                "item_fields": ["genre"],
+            },
+        )
+    )
     return str(out)
 
 
-def train_bundle(tmp: Path, data: str, base: str, steps: int, scheme: str = "sequential",
-                 tasks: dict | None = None) -> Path:
+def train_bundle(
+    tmp: Path, data: str, base: str, steps: int, scheme: str = "sequential", tasks: dict | None = None
+) -> Path:
     import yaml
 
     from generative_rec.config import load_config
     from generative_rec.training import train
 
-    cfg = {"data": {"path": data}, "index": {"scheme": scheme},
-           "model": {"base": base, "tiny": {"hidden": 64, "layers": 2, "heads": 2, "vocab": 400}},
-           "lora": {"r": 4, "alpha": 8}, "prompts": {"tasks": tasks or {"next_item": 1.0}},
-           "train": {"max_steps": steps, "batch_size": 4, "save_every": 0, "eval_users": 2},
-           "output": str(tmp / "bundle")}
+    cfg = {
+        "data": {"path": data},
+        "index": {"scheme": scheme},
+        "model": {"base": base, "tiny": {"hidden": 64, "layers": 2, "heads": 2, "vocab": 400}},
+        "lora": {"r": 4, "alpha": 8},
+        "prompts": {"tasks": tasks or {"next_item": 1.0}},
+        "train": {"max_steps": steps, "batch_size": 4, "save_every": 0, "eval_users": 2},
+        "output": str(tmp / "bundle"),
+    }
     (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
     return Path(train(load_config(tmp / "run.yaml"), overwrite=True))
 
@@ -95,8 +109,10 @@ def users(tiny_data) -> list[dict]:
     from generative_rec.data import RecData
 
     d = RecData(tiny_data)
-    return [{"user_id": d.user_ids[u], "history": [d.item_ids[i] for i in d.history(u, "test")[-25:]]}
-            for u in range(d.num_users)]
+    return [
+        {"user_id": d.user_ids[u], "history": [d.item_ids[i] for i in d.history(u, "test")[-25:]]}
+        for u in range(d.num_users)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- engines
@@ -175,8 +191,23 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.bundle, self.log_path, self.api_key = bundle, log, api_key
-        cmd = [sys.executable, "-m", "generative_rec.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
-               "--port", str(self.port), "--api-key", api_key, "--max-model-len", "1024", *(extra or [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "generative_rec.cli",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--api-key",
+            api_key,
+            "--max-model-len",
+            "1024",
+            *(extra or []),
+        ]
         self.log = open(log, "w")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -213,15 +244,21 @@ class Server:
     def client(self, api_key: str | None = None):
         import openai
 
-        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key or self.api_key, max_retries=0, timeout=300)
+        return openai.OpenAI(
+            base_url=f"{self.base}/v1", api_key=api_key or self.api_key, max_retries=0, timeout=300
+        )
 
     def post(self, path: str, body=None, api_key: str | None = None, content: bytes | None = None):
         import httpx
 
         headers = {"Authorization": f"Bearer {api_key or self.api_key}"}
         if content is not None:
-            return httpx.post(self.base + path, content=content, headers={**headers, "Content-Type": "application/json"},
-                              timeout=300)
+            return httpx.post(
+                self.base + path,
+                content=content,
+                headers={**headers, "Content-Type": "application/json"},
+                timeout=300,
+            )
         return httpx.post(self.base + path, json=body, headers=headers, timeout=300)
 
 
@@ -238,10 +275,17 @@ def tiny_server(tiny_bundle, engine_slot, batch_results, tmp_path_factory) -> Se
 @pytest.fixture(scope="session")
 def smol_bundle(tmp_path_factory, tiny_data) -> Path:
     if not (SMOLLM2 / "config.json").exists():
-        pytest.skip("the converted SmolLM2-135M is not present (genrec train with model.base smollm2-135m makes it)")
+        pytest.skip(
+            "the converted SmolLM2-135M is not present (genrec train with model.base smollm2-135m makes it)"
+        )
     # trained with the explain task too, so the slow server test covers `"explain": true`
-    return train_bundle(tmp_path_factory.mktemp("smol"), tiny_data, "smollm2-135m", steps=2,
-                        tasks={"next_item": 1.0, "explain": 0.2})
+    return train_bundle(
+        tmp_path_factory.mktemp("smol"),
+        tiny_data,
+        "smollm2-135m",
+        steps=2,
+        tasks={"next_item": 1.0, "explain": 0.2},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -254,30 +298,6 @@ def smol_server(smol_bundle, engine_slot, tmp_path_factory) -> Server:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def assert_same_topk(a_items, a_scores, b_items, b_scores, tol: float = TIE_TOL) -> None:
-    """Same ranked items and scores, allowing only near-tie (|score gap| < tol) reorderings at any rank."""
-    a_scores, b_scores = np.asarray(a_scores, float), np.asarray(b_scores, float)
-    assert len(a_items) == len(b_items), (a_items, b_items)
-    np.testing.assert_allclose(a_scores, b_scores, atol=tol, rtol=0)
-    sa = dict(zip(a_items, a_scores, strict=True))
-    sb = dict(zip(b_items, b_scores, strict=True))
-    for item in set(a_items) & set(b_items):
-        assert abs(sa[item] - sb[item]) < tol, (item, a_items, b_items)
-    for item in set(a_items) ^ set(b_items):  # in one top-k only: must tie the other list's last item
-        s, last = (sa[item], b_scores[-1]) if item in sa else (sb[item], a_scores[-1])
-        assert abs(s - last) < tol, (item, a_items, b_items)
-
-
-# ------------------------------------------------------------------------------------------- batch results
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 @pytest.fixture(scope="session")
 def batch_results(tiny_bundle, tiny_llm, users, tmp_path_factory) -> dict:
     """``genrec generate`` output (k=10, history excluded) for every user: user_id -> record.
@@ -287,7 +307,12 @@ def batch_results(tiny_bundle, tiny_llm, users, tmp_path_factory) -> dict:
     from generative_rec.generate import GenerateOptions, generate
 
     tmp = tmp_path_factory.mktemp("batch")
-    o = GenerateOptions(bundle=str(tiny_bundle), input=str(write_jsonl(tmp / "users.jsonl", users)),
-                        output=str(tmp / "recs.jsonl"), k=10, batch_size=16)
+    o = GenerateOptions(
+        bundle=str(tiny_bundle),
+        input=str(write_jsonl(tmp / "users.jsonl", users)),
+        output=str(tmp / "recs.jsonl"),
+        k=10,
+        batch_size=16,
+    )
     generate(o, llm=tiny_llm.get(), progress=False)
     return {r["user_id"]: r for r in read_jsonl(tmp / "recs.jsonl")}

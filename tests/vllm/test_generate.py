@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import assert_same_topk, read_jsonl, write_jsonl
+from vllm_helpers import assert_same_topk, read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.vllm
 
@@ -169,8 +169,8 @@ def test_lora_needs_a_saved_base_and_no_new_tokens(tiny_bundle):
 def test_smollm2_lora_adapter_matches_hf_reference(smol_bundle, engine_slot, users, tmp_path):
     """--enable-lora: the adapter served on its base model gives the HF reference top-K (merged model)."""
     import torch
-    from conftest import SMOLLM2
     from transformers import AutoModelForCausalLM
+    from vllm_helpers import SMOLLM2
 
     from generative_rec.bundle import Bundle
     from generative_rec.decoding.hf import hf_generate_topk

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_topk
+from vllm_helpers import assert_same_topk
 
 pytestmark = pytest.mark.vllm
 

@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from conftest import API_KEY, assert_same_topk
+from vllm_helpers import API_KEY, assert_same_topk
 
 pytestmark = pytest.mark.vllm
 
