@@ -89,7 +89,8 @@ def add_item_tokens(model, tokenizer, new_tokens: list[str], token_items: dict[s
     """
     if not new_tokens:
         return []
-    existing = [t for t in new_tokens if t in tokenizer.get_vocab()]
+    vocab = tokenizer.get_vocab()
+    existing = [t for t in new_tokens if t in vocab]
     if existing:
         raise ConfigError(f"tokens already in the vocabulary: {existing[:5]}")
     tokenizer.add_tokens(new_tokens)
@@ -102,11 +103,16 @@ def add_item_tokens(model, tokenizer, new_tokens: list[str], token_items: dict[s
         typical_norm = base.norm(dim=-1).median()
         mean_row = base.mean(0)
         text_ids = tokenizer(item_texts, add_special_tokens=False)["input_ids"]
-        for tok_str, tid in zip(new_tokens, ids, strict=True):
-            items = token_items.get(tok_str) or []
-            rows = [t for i in items for t in text_ids[i] if t < old_rows]
-            vec = emb[torch.tensor(rows)].mean(0) if rows else mean_row.clone()
-            emb[tid] = vec / vec.norm().clamp_min(1e-6) * typical_norm
+        flat, offsets = [], []
+        for tok_str in new_tokens:
+            offsets.append(len(flat))
+            flat += [t for i in token_items.get(tok_str) or [] for t in text_ids[i] if t < old_rows]
+        lengths = torch.diff(torch.tensor(offsets + [len(flat)]))
+        vecs = torch.nn.functional.embedding_bag(torch.tensor(flat, dtype=torch.long), base,
+                                                 torch.tensor(offsets, dtype=torch.long), mode="mean")
+        vecs[lengths == 0] = mean_row  # no text: start from the mean embedding
+        vecs = vecs / vecs.norm(dim=-1, keepdim=True).clamp_min(1e-6) * typical_norm
+        emb[torch.tensor(ids)] = vecs.to(emb.dtype)
         out = model.get_output_embeddings()
         if out is not None and out.weight.data_ptr() != emb.data_ptr():
             out.weight[ids] = emb[ids]
@@ -214,46 +220,44 @@ def untie_output_embeddings(model) -> None:
 
 @torch.no_grad()
 def popularity_start(model, batches, first_token_counts: dict[int, float], margin: float = 3.0,
-                     rounds: int = 2, content_scale: float | None = None) -> dict:
-    """Shift the (new) first-level ID tokens' embeddings so that, at positions where an ID starts, the
-    model already ranks them by training popularity and puts most probability mass on them.
+                     content_scale: float | None = None) -> dict:
+    """Set the output rows of the new first-level ID tokens so that, where an ID starts, the model
+    already ranks them by training popularity and puts most probability mass on them.
 
-    With ``m`` the mean final hidden state at those positions, adding ``delta_t * m / |m|^2`` to token
-    ``t``'s output row raises its mean logit there by ``delta_t``; ``delta_t`` is chosen so the mean
-    logit becomes ``log share_t + logsumexp(other tokens) + margin``. Step 0 then behaves like the
-    popularity baseline plus the title-based content signal already in the rows; training adds the
-    personal part. (Tied embeddings: the input rows move too, a shared 'popularity' direction.)
-    With untied embeddings, ``content_scale`` first scales those output rows (their title-based part), so
-    the popularity ranking dominates at the start; the input rows keep the full title signal.
-    Returns diagnostics (item probability mass before/after).
+    The LM head is untied first (input rows keep their title-based start). With ``H`` the final hidden
+    states at positions where an ID starts (one forward pass over ``batches``) and ``m`` their mean,
+    adding ``delta_t * m / |m|^2`` to token ``t``'s output row raises its mean logit there by ``delta_t``;
+    ``delta_t`` makes the mean logit ``log share_t + logsumexp(other tokens) + margin``. ``content_scale``
+    first scales those rows (their title-based part), so the popularity ranking dominates at the start.
+    Step 0 then behaves like the popularity baseline plus a little content signal; training adds the
+    personal part. Returns the item probability mass before and after (same hidden states: the input
+    side is unchanged).
     """
+    untie_output_embeddings(model)
     tokens = torch.tensor(sorted(first_token_counts), dtype=torch.long)
-    if content_scale is not None:
-        model.get_output_embeddings().weight[tokens] *= content_scale
     counts = torch.tensor([float(first_token_counts[int(t)]) for t in tokens])
     log_share = torch.log((counts + 1.0) / (counts + 1.0).sum())
     head = model.get_output_embeddings().weight
-    decoder = model.model
     is_first = torch.zeros(head.shape[0], dtype=torch.bool)
     is_first[tokens] = True
-    info = {}
-    for rnd in range(rounds + 1):
-        hs = []
-        for b in batches:
-            h = decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-            nxt = b["labels"][:, 1:]
-            sel = (nxt >= 0) & is_first[nxt.clamp_min(0)]
-            hs.append(h[:, :-1][sel])
-        hmat = torch.cat(hs).float()
-        logits = hmat @ head.float().T
-        mass = torch.softmax(logits, -1)[:, tokens].sum(-1).mean().item()
-        info[f"item_mass_round{rnd}"] = round(mass, 4)
-        if rnd == rounds:
-            break
-        rest = logits.clone()
-        rest[:, tokens] = -float("inf")
-        target = log_share + torch.logsumexp(rest, -1).mean() + margin
-        delta = target - logits[:, tokens].mean(0)
-        m = hmat.mean(0)
-        head[tokens] += (delta[:, None] * (m / (m @ m))[None, :]).to(head.dtype)
-    return info
+    hs = []
+    for b in batches:
+        h = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        nxt = b["labels"][:, 1:]
+        sel = (nxt >= 0) & is_first[nxt.clamp_min(0)]
+        hs.append(h[:, :-1][sel])
+    hmat = torch.cat(hs).float()
+    logits = hmat @ head.float().T
+    before = torch.softmax(logits, -1)[:, tokens].sum(-1).mean().item()
+    if content_scale is not None:
+        head[tokens] *= content_scale
+        logits[:, tokens] *= content_scale
+    rest = logits.clone()
+    rest[:, tokens] = -float("inf")
+    target = log_share + torch.logsumexp(rest, -1).mean() + margin
+    delta = target - logits[:, tokens].mean(0)
+    m = hmat.mean(0)
+    head[tokens] += (delta[:, None] * (m / (m @ m))[None, :]).to(head.dtype)
+    after_logits = hmat @ head.float().T
+    after = torch.softmax(after_logits, -1)[:, tokens].sum(-1).mean().item()
+    return {"positions": int(hmat.shape[0]), "item_mass_before": round(before, 4), "item_mass_after": round(after, 4)}

@@ -43,7 +43,6 @@ from generative_rec.modeling import (
     pick_dtype,
     popularity_start,
     resolve_model,
-    untie_output_embeddings,
 )
 from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
 from generative_rec.tasks import TaskContext, build_task
@@ -256,8 +255,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         raise ConfigError("no training examples (are the users' training sequences long enough?)")
     start_info = {}
     if cfg.model.popularity_start and new_ids:
-        untie_output_embeddings(model)
-        start_info = popularity_start(model, make_batches(first[:64], 16, tok.pad_token_id, 0),
+        start_info = popularity_start(model, make_batches(first[:32], 16, tok.pad_token_id, 0),
                                       first_token_popularity(id_tokens, data.train_counts, set(new_ids)),
                                       content_scale=cfg.model.head_content_scale)
         accelerator.print(f"popularity start: {start_info}")
@@ -428,7 +426,7 @@ def write_bundle(out: Path, cfg: RunConfig, peft_model, tok, data: RecData, inde
         "data": {"path": str(data.path), "name": data.name, "num_users": data.num_users,
                  "num_items": data.num_items},
         "new_tokens": len(index.new_tokens), "merged": cfg.train.merge,
-        "trained_templates": [t.key for ts in templates.values() for t in ts],
+        "trained_templates": [t.key for task, ts in templates.items() if cfg.prompts.tasks.get(task) for t in ts],
         "heldout_templates": [t.key for t in used if t.heldout],
         "max_history": cfg.prompts.max_history, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
