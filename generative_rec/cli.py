@@ -77,7 +77,7 @@ def cmd_eval(a) -> None:
 
     rep = evaluate_bundle(a.bundle, a.data, a.split, a.users, a.seed, tuple(a.ks), a.num_beams, a.batch_size,
                           a.template, [b for b in a.baselines.split(",") if b], not a.no_mask_history,
-                          a.output or Path(a.bundle) / f"eval-{a.split}", progress=True)
+                          a.output or Path(a.bundle) / f"eval-{a.split}", progress=True, explain_users=a.explain)
     print()
     print(print_examples(rep, n=1))
     print()
@@ -88,6 +88,11 @@ def cmd_eval(a) -> None:
         s = rep["significance"]
         print(f"\nLLM vs {s['vs']} (per-user NDCG@10): mean diff {s['mean_diff']:+.4f}, "
               f"paired t-test p={s['t_pvalue']:.3g}, Wilcoxon p={s['wilcoxon_pvalue']:.3g}")
+    if rep.get("explanations"):
+        from generative_rec.explain import explanation_table
+
+        print(f"\nExplanations ({rep['explanations']['users']} users, template {rep['explanations']['template']}):")
+        print(explanation_table(rep["explanations"]))
     print(f"\nwritten: {Path(a.output or Path(a.bundle) / f'eval-{a.split}') / 'results.md'}")
 
 
@@ -162,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--template", help="next_item template key (default: the bundle's inference template)")
     s.add_argument("--baselines", default="pop", help="comma-separated baseline names")
     s.add_argument("--no-mask-history", dest="no_mask_history", action="store_true")
+    s.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="also explain the target and top-1 item of N users: faithfulness, BLEU/ROUGE (default 0)")
     s.add_argument("--output")
     s.set_defaults(fn=cmd_eval)
 

@@ -64,8 +64,11 @@ def fit_baseline(name: str, data: RecData, seed: int = 0, item_embeddings: np.nd
 def evaluate_bundle(bundle_path: str | Path, data_path: str | Path | None = None, split: str = "test",
                     users: int | None = None, seed: int = 0, ks=(1, 5, 10, 20), num_beams: int | None = None,
                     batch_size: int = 16, template: str | None = None, baselines=("pop",), mask_history: bool = True,
-                    output: str | Path | None = None, progress: bool = True) -> dict:
-    """Evaluate a bundle's LLM and ``baselines`` on the same sample of users; write JSON + Markdown."""
+                    output: str | Path | None = None, progress: bool = True, explain_users: int = 0) -> dict:
+    """Evaluate a bundle's LLM and ``baselines`` on the same sample of users; write JSON + Markdown.
+
+    ``explain_users`` > 0: also explain the held-out target and the top-1 recommendation of that many users
+    (seeded sample) and report faithfulness (and BLEU/ROUGE on review data): ``generative_rec.explain``."""
     bundle = Bundle(bundle_path)
     data = RecData(data_path or bundle.manifest["data"]["path"])
     if data.item_ids != bundle.item_ids:
@@ -101,6 +104,11 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path | None = None
         "machine": machine(), "commit": git_commit(), "wall_s": round(time.time() - t0, 1),
         "examples": example_rows(bundle, data, res, n=3),
     }
+    if explain_users > 0:
+        from generative_rec.explain import evaluate_bundle_explanations
+
+        report["explanations"] = evaluate_bundle_explanations(bundle, data, split, n=explain_users, seed=seed,
+                                                              model=model, batch_size=batch_size, progress=progress)
     cols = [m for m in TABLE_METRICS if any(m in r for r in table.values())]
     report["table"] = format_table(table, cols)
     if output:
@@ -134,6 +142,10 @@ def render_markdown(report: dict) -> str:
         s = report["significance"]
         lines += [f"Paired test, LLM vs {s['vs']} on per-user {s['metric']}: mean diff {s['mean_diff']:+.4f}, "
                   f"t-test p={s['t_pvalue']:.3g}, Wilcoxon p={s['wilcoxon_pvalue']:.3g} (n={s['n']}).", ""]
+    if report.get("explanations"):
+        from generative_rec.explain import render_markdown as explanations_markdown
+
+        lines += [explanations_markdown(report["explanations"])]
     lines += [f"Machine: {report['machine']}; commit {report['commit']}; wall {report['wall_s']} s.", ""]
     return "\n".join(lines)
 
