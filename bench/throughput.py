@@ -40,8 +40,15 @@ def main() -> None:
     from generative_rec.indexing import build_index
     from generative_rec.modeling import add_item_tokens, apply_lora, untie_output_embeddings
     from generative_rec.prompts import Renderer, load_templates
-    from generative_rec.training import TargetOnlyLM, TrainingSetup, ensure_data, epoch_examples, load_base
-    from generative_rec.training import make_batches, select_templates
+    from generative_rec.training import (
+        TargetOnlyLM,
+        TrainingSetup,
+        ensure_data,
+        epoch_examples,
+        load_base,
+        make_batches,
+        select_templates,
+    )
 
     rows = {}
     for scheme in ("atomic", "sequential"):

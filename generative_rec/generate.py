@@ -14,6 +14,12 @@ Output (JSONL)::
 
     {"user_id": "u1", "items": [{"item_id": "...", "title": "...", "score": -4.93}, ...], "history_used": 20}
 
+With ``--explain`` every item also gets ``"explanation"``: one line generated as ``"explain": true`` does in
+the server — ``generative_rec.explain``'s prompt (:func:`~generative_rec.explain.explain_prompt_ids`) and
+settings (:func:`~generative_rec.explain.explain_settings`, greedy), cleaned by
+:func:`~generative_rec.explain.clean_explanation` — on the same engine, all the window's items in one
+``generate`` call. Only bundles trained with the ``explain`` task can explain (checked before anything runs).
+
 Lines are appended a window of users at a time (one ``write`` of whole lines, then ``fsync``). With
 ``--resume`` the users already in the output are skipped; a torn last line (a kill during a write) is cut
 off first, so a killed run loses and duplicates nothing. With ``--skip-invalid`` a bad input line gives
@@ -31,11 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generative_rec.errors import DataError
+from generative_rec.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # imported lazily: `genrec --help` must not load torch / vLLM
     from generative_rec.decoding.beam import SearchStats
     from generative_rec.decoding.vllm_engine import EngineOptions
+    from generative_rec.explain import ExplainSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ class GenerateOptions:
     overwrite: bool = False
     skip_invalid: bool = False
     max_k: int | None = None
+    explain: bool = False  # add a one-line "explanation" to every item (bundles trained with the explain task)
     engine: EngineOptions = field(default_factory=lambda: _engine_options())
 
 
@@ -68,6 +76,7 @@ class Job:
     line: int
     prompt: list[int] | None = None
     exclude: list[int] | None = None
+    history: list[int] | None = None  # catalogue rows of the whole history (explanations show the last few)
     used: int = 0
     k: int = 10
     num_beams: int | None = None
@@ -111,7 +120,7 @@ def read_jobs(bundle, path: str | Path, o: GenerateOptions) -> list[Job]:
                 if not isinstance(excl_hist, bool) or not isinstance(excl, list):
                     raise RequestError("exclude_history must be true/false and exclude a list")
                 p = prepare(bundle, hist, job.k, excl_hist, excl, o.max_k)
-                job.prompt, job.exclude, job.used = p.prompt, p.exclude, p.used
+                job.prompt, job.exclude, job.history, job.used = p.prompt, p.exclude, p.history, p.used
             except json.JSONDecodeError as e:
                 job.error = f"malformed JSON: {e}"
             except RequestError as e:
@@ -120,8 +129,11 @@ def read_jobs(bundle, path: str | Path, o: GenerateOptions) -> list[Job]:
     return jobs
 
 
-def repair_and_read_done(path: Path) -> set:
-    """User ids already written to ``path``; a torn (unterminated or unparsable) last line is cut off."""
+def repair_and_read_done(path: Path, explain: bool | None = None) -> set:
+    """User ids already written to ``path``; a torn (unterminated or unparsable) last line is cut off.
+
+    ``explain`` (True/False): the resumed run's mode; a file written in the other mode is an error (its
+    items would be with and without explanations)."""
     if not path.exists():
         return set()
     data = path.read_bytes()
@@ -137,9 +149,14 @@ def repair_and_read_done(path: Path) -> set:
         if not line.strip():
             continue
         try:
-            done.add(json.loads(line)["user_id"])
+            rec = json.loads(line)
+            done.add(rec["user_id"])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"not an output line of genrec generate ({e})", str(path), n) from None
+        items = rec.get("items") or []
+        if explain is not None and items and ("explanation" in items[0]) != explain:
+            raise DataError("written " + ("without" if explain else "with") + " --explain; resume it the same "
+                            "way (or --overwrite)", str(path), n)
     return done
 
 
@@ -160,12 +177,50 @@ def append_lines(path: Path, records: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------- decoding
-def decode_window(llm, bundle, jobs: list[Job], lora_request=None, stats: SearchStats | None = None) -> list[dict]:
-    """Top-K for a window of users; users with the same (k, num_beams) share one beam search."""
+def check_can_explain(bundle) -> None:
+    """``--explain`` needs a bundle trained with the explain task (the server's rule for ``"explain": true``)."""
+    from generative_rec.serving import has_explanations
+
+    if not has_explanations(bundle):
+        raise ConfigError(f"--explain: {bundle.path} was not trained with the explain task (its config's "
+                          "prompts.tasks has no `explain`, or no explain template was trained), so it cannot "
+                          "explain; train with `explain` in prompts.tasks or drop --explain")
+
+
+def explain_window(llm, bundle, settings: ExplainSettings, requests: list[tuple[list[int], int]],
+                   lora_request=None) -> list[str]:
+    """One explanation per ``(history rows, item row)``, all in one ``LLM.generate`` call (the server's
+    prompt, sampling settings and clean-up: ``generative_rec.explain``)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from generative_rec.explain import (
+        clean_explanation,
+        explain_prompt_ids,
+        explain_template,
+        vllm_sampling_kwargs,
+    )
+
+    if not requests:
+        return []
+    t = explain_template(bundle, settings.template)
+    prompts = [TokensPrompt(prompt_token_ids=explain_prompt_ids(bundle, h, i, t, settings.max_history))
+               for h, i in requests]
+    outs = llm.generate(prompts, SamplingParams(**vllm_sampling_kwargs(settings)), use_tqdm=False,
+                        lora_request=lora_request)
+    return [clean_explanation(o.outputs[0].text) for o in outs]
+
+
+def decode_window(llm, bundle, jobs: list[Job], lora_request=None, stats: SearchStats | None = None,
+                  explain: ExplainSettings | None = None) -> list[dict]:
+    """Top-K for a window of users; users with the same (k, num_beams) share one beam search.
+
+    ``explain``: also explain every item (one engine call for the whole window)."""
     from generative_rec.decoding.vllm_engine import llm_topk
     from generative_rec.serving import items_of
 
     out: dict[int, dict] = {}
+    ranked: dict[int, list[int]] = {}  # catalogue rows, best first
     groups: dict[tuple, list[int]] = {}
     for j, job in enumerate(jobs):
         if job.error is not None:
@@ -177,6 +232,16 @@ def decode_window(llm, bundle, jobs: list[Job], lora_request=None, stats: Search
                        batch_size=len(idx), lora_request=lora_request, stats=stats)
         for j, r in zip(idx, res, strict=True):
             out[j] = {"user_id": jobs[j].user_id, "items": items_of(bundle, r), "history_used": jobs[j].used}
+            ranked[j] = [int(i) for i in r.items]
+    if explain is not None:
+        t0 = time.perf_counter()
+        todo = [(j, n, row) for j in sorted(ranked) for n, row in enumerate(ranked[j])]
+        texts = explain_window(llm, bundle, explain, [(jobs[j].history, row) for j, _, row in todo], lora_request)
+        for (j, n, _), text in zip(todo, texts, strict=True):
+            out[j]["items"][n]["explanation"] = text
+        if stats is not None:
+            stats.extra["explain_s"] = stats.extra.get("explain_s", 0.0) + time.perf_counter() - t0
+            stats.extra["explanations"] = stats.extra.get("explanations", 0) + len(todo)
     return [out[j] for j in range(len(jobs))]
 
 
@@ -190,13 +255,19 @@ def generate(o: GenerateOptions, llm=None, progress: bool = True,
     from generative_rec.decoding.vllm_engine import lora_request_for, open_llm
 
     bundle = Bundle(o.bundle)
+    settings = None
+    if o.explain:  # fail before touching the output or starting an engine
+        from generative_rec.explain import explain_settings
+
+        check_can_explain(bundle)
+        settings = explain_settings(bundle)
     out = Path(o.output)
     if out.exists() and not (o.resume or o.overwrite):
         raise FileExistsError(f"{out} exists (pass --resume to continue it or --overwrite to start again)")
     if out.exists() and o.overwrite and not o.resume:
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = repair_and_read_done(out) if o.resume else set()
+    done = repair_and_read_done(out, o.explain) if o.resume else set()
     jobs = read_jobs(bundle, o.input, o)
     bad = [j for j in jobs if j.error is not None]
     if bad and not o.skip_invalid:
@@ -219,7 +290,7 @@ def generate(o: GenerateOptions, llm=None, progress: bool = True,
     try:
         for w, lo in enumerate(range(0, len(pending), o.batch_size)):
             window = pending[lo: lo + o.batch_size]
-            append_lines(out, decode_window(llm, bundle, window, lora, stats))
+            append_lines(out, decode_window(llm, bundle, window, lora, stats, settings))
             summary["written"] += len(window)
             bar.update(len(window))
             if on_window is not None:
@@ -229,6 +300,9 @@ def generate(o: GenerateOptions, llm=None, progress: bool = True,
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         summary["decode"] = {"steps": stats.steps, "rows": stats.rows, "model_s": round(stats.model_seconds, 2),
                              "mask_s": round(stats.mask_seconds, 2)}
+        if o.explain:
+            summary["explain"] = {"explanations": stats.extra.get("explanations", 0),
+                                  "seconds": round(stats.extra.get("explain_s", 0.0), 2)}
         if own:
             from generative_rec.decoding.vllm_engine import close_llm
 
@@ -242,7 +316,8 @@ def cmd_generate(a) -> None:
 
     o = GenerateOptions(bundle=a.bundle, input=a.input, output=a.output, k=a.k, num_beams=a.num_beams,
                         exclude_history=not a.keep_history, batch_size=a.batch_size, resume=a.resume,
-                        overwrite=a.overwrite, skip_invalid=a.skip_invalid, engine=engine_options(a))
+                        overwrite=a.overwrite, skip_invalid=a.skip_invalid, explain=a.explain,
+                        engine=engine_options(a))
     s = generate(o)
     rate = s["written"] / s["seconds"] if s["seconds"] else 0.0
     print(f"{o.output}: {s['written']} users written ({s['skipped_done']} already there, {s['invalid']} invalid) "
@@ -256,7 +331,8 @@ def register_cli(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     s.add_argument("--bundle", required=True)
     s.add_argument("--input", required=True, help="JSONL: {user_id, history, [k, exclude_history, exclude]}")
-    s.add_argument("--output", required=True, help="JSONL of {user_id, items: [{item_id, title, score}]}")
+    s.add_argument("--output", required=True,
+                   help="JSONL of {user_id, items: [{item_id, title, score[, explanation]}]}")
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--num-beams", dest="num_beams", type=int)
     s.add_argument("--keep-history", dest="keep_history", action="store_true",
@@ -267,5 +343,8 @@ def register_cli(subparsers) -> None:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--skip-invalid", dest="skip_invalid", action="store_true",
                    help="write an error line for a bad input line instead of stopping")
+    s.add_argument("--explain", action="store_true",
+                   help="also write a one-line explanation per item, as the server's \"explain\": true does "
+                        "(bundles trained with the explain task only)")
     add_engine_args(s)
     s.set_defaults(fn=cmd_generate)

@@ -4,8 +4,9 @@ A vLLM engine start costs about a minute on a 2-core CPU, so the session builds 
 synthetic 150-item catalogue, a tiny random Llama with head_dim 32 — vLLM's CPU attention has no kernel
 for head_dim 16) and shares engines: an offline ``vllm.LLM`` (batch generation and parity tests) and one
 HTTP server subprocess (server tests). The :class:`EngineSlot` closes whichever engine is open before
-another starts; with the test files run in name order (generate, parity, server) each starts once.
-The ``slow`` fixtures do the same with a SmolLM2-135M bundle.
+another starts; with the test files run in name order (explain, generate, parity, server) each starts once:
+``test_explain.py`` uses a second tiny bundle trained with the explain task, on its own offline engine.
+The ``slow`` fixtures do the same with a SmolLM2-135M bundle (trained with the explain task mixed in).
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vllm_helpers import API_KEY, TIE_TOL, assert_same_topk, read_jsonl, write_jsonl  # noqa: F401
+from vllm_helpers import API_KEY, SMOLLM2, TIE_TOL, assert_same_topk, read_jsonl, write_jsonl  # noqa: F401
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SMOLLM2 = Path("~/.cache/generative_rec/models/SmolLM2-135M-Instruct").expanduser()
 N_ITEMS = 150
 N_USERS = 48
 
@@ -73,7 +73,13 @@ def prepare_data(tmp: Path) -> str:
 
 
 def train_bundle(
-    tmp: Path, data: str, base: str, steps: int, scheme: str = "sequential", tasks: dict | None = None
+    tmp: Path,
+    data: str,
+    base: str,
+    steps: int,
+    scheme: str = "sequential",
+    tasks: dict | None = None,
+    train_options: dict | None = None,
 ) -> Path:
     import yaml
 
@@ -86,7 +92,13 @@ def train_bundle(
         "model": {"base": base, "tiny": {"hidden": 64, "layers": 2, "heads": 2, "vocab": 400}},
         "lora": {"r": 4, "alpha": 8},
         "prompts": {"tasks": tasks or {"next_item": 1.0}},
-        "train": {"max_steps": steps, "batch_size": 4, "save_every": 0, "eval_users": 2},
+        "train": {
+            "max_steps": steps,
+            "batch_size": 4,
+            "save_every": 0,
+            "eval_users": 2,
+            **(train_options or {}),
+        },
         "output": str(tmp / "bundle"),
     }
     (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
@@ -101,6 +113,22 @@ def tiny_data(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_data) -> Path:
     return train_bundle(tmp_path_factory.mktemp("tiny"), tiny_data, "tiny-random", steps=4)
+
+
+@pytest.fixture(scope="session")
+def explain_bundle(tmp_path_factory, tiny_data) -> Path:
+    """A tiny bundle trained WITH the explain task (the synthetic items carry a genre attribute, which the
+    templated reasons cite). 30 steps at lr 1e-2 (~3 s): after the 4 steps of ``tiny_bundle`` the random
+    model's greedy explanation is newlines only (empty after clean-up), which would make text parity vacuous;
+    here it is non-empty, with top-2 logit gaps > 0.1 along the greedy path (far from fp32 near-ties)."""
+    return train_bundle(
+        tmp_path_factory.mktemp("tiny-explain"),
+        tiny_data,
+        "tiny-random",
+        steps=30,
+        tasks={"next_item": 1.0, "explain": 0.5},
+        train_options={"lr": 1e-2},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -174,6 +202,13 @@ class LazyLLM:
 @pytest.fixture(scope="session")
 def tiny_llm(tiny_bundle, engine_slot) -> LazyLLM:
     lazy = LazyLLM(tiny_bundle, engine_slot, "tiny-llm")
+    yield lazy
+    lazy.close()
+
+
+@pytest.fixture(scope="session")
+def explain_llm(explain_bundle, engine_slot) -> LazyLLM:
+    lazy = LazyLLM(explain_bundle, engine_slot, "explain-llm")
     yield lazy
     lazy.close()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 API_KEY = "test-key"
+SMOLLM2 = Path("~/.cache/generative_rec/models/SmolLM2-135M-Instruct").expanduser()
 TIE_TOL = 1e-4  # scores this close may swap places between engines (fp32 summation order)
 
 
