@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import queue
 import signal
 import socket
@@ -207,27 +206,6 @@ def processor_cost(bundle, rows: int = 256, reps: int = 5) -> float:
 
 
 # --------------------------------------------------------------------------- report
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, no GPU"
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
-        return head + (" + uncommitted changes" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True)
@@ -245,12 +223,13 @@ def main() -> None:
     extra = a.server_args[1:] if a.server_args[:1] == ["--"] else a.server_args
 
     from generative_rec.bundle import Bundle
+    from generative_rec.evaluation.run import git_commit, machine
     from generative_rec.serving import prepare
 
     bundle = Bundle(a.bundle)
     n_max = max(max(8, c * a.requests_per_client) for c in a.concurrency)
     hists = workload(bundle, n_max + 8, a.seed)
-    res: dict = {"machine": machine(), "commit": commit(), "bundle": str(bundle.path),
+    res: dict = {"machine": machine(), "commit": git_commit(), "bundle": str(bundle.path),
                  "base_model": bundle.manifest.get("base_model"), "scheme": bundle.index.scheme, "k": a.k,
                  "catalogue": bundle.num_items, "id_tokens": bundle.trie.max_depth,
                  "load_before": os.getloadavg(), "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),

@@ -59,6 +59,8 @@ class TrainSection:
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch per process"})
     grad_accum: int = 1
     lr: float = 1e-3
+    token_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the new item-token rows (input embedding and LM head); None: lr"})
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     scheduler: str = field(default="cosine", metadata={"help": "cosine | linear | constant"})

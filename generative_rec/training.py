@@ -215,6 +215,17 @@ def load_checkpoint(path: Path, accelerator, wrapper, optimizer, scheduler) -> d
 
 
 # --------------------------------------------------------------------------- the loop
+def param_groups(model: torch.nn.Module, t) -> list[dict]:
+    """Optimizer groups: the new item-token rows (peft's ``trainable_tokens_delta``) at ``t.token_lr`` when
+    set — they start from scratch while LoRA only nudges a pretrained model — everything else at ``t.lr``."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    tokens = [p for n, p in params if "trainable_tokens_delta" in n]
+    if t.token_lr is None or not tokens:
+        return [{"params": [p for _, p in params]}]
+    return [{"params": [p for n, p in params if "trainable_tokens_delta" not in n]},
+            {"params": tokens, "lr": t.token_lr}]
+
+
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Fine-tune and write the bundle to ``cfg.output``. Returns the bundle path."""
     from accelerate import Accelerator
@@ -267,7 +278,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum)
     total = cfg.train.max_steps if cfg.train.max_steps is not None else max(1, round(cfg.train.epochs * steps_per_epoch))
     wrapper = TargetOnlyLM(model)
-    optimizer = torch.optim.AdamW([p for p in wrapper.parameters() if p.requires_grad], lr=cfg.train.lr,
+    optimizer = torch.optim.AdamW(param_groups(wrapper, cfg.train), lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
                               num_training_steps=max(total, 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -34,15 +35,20 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {torch.get_num_threads()} threads, {gpu}"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, {gpu}"
 
 
 def git_commit() -> str:
+    """Short hash of this checkout's HEAD, marked when the tree has uncommitted changes."""
+    cwd = Path(__file__).parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=cwd, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=cwd, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (head + (" + uncommitted changes" if dirty else "")) if head else "unknown"
 
 
 def load_bundle_model(bundle: Bundle, dtype: torch.dtype = torch.float32):

@@ -27,6 +27,7 @@ from generative_rec.training import (
     epoch_examples,
     load_base,
     make_batches,
+    param_groups,
     select_templates,
     windows,
 )
@@ -59,6 +60,23 @@ def test_lora_trains_new_item_rows_only(tiny_data, tmp_path):
     assert torch.equal(emb_after[:old_vocab], emb_before[:old_vocab])  # the old vocabulary is untouched
     assert not torch.allclose(emb_after[old_vocab:], emb_before[old_vocab:])  # item rows were trained
     assert merged.get_output_embeddings().weight.data_ptr() == emb_after.data_ptr()  # still tied
+
+
+def test_token_lr_gives_the_item_rows_their_own_group(tiny_data, tmp_path):
+    cfg, data, index, model, tok, new_ids, r = _setup(tiny_data, tmp_path)
+    peft_model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), new_ids)
+    trainable = {id(p) for p in peft_model.parameters() if p.requires_grad}
+    cfg.train.token_lr = None
+    (only,) = param_groups(peft_model, cfg.train)
+    assert {id(p) for p in only["params"]} == trainable and "lr" not in only
+    cfg.train.token_lr = 0.05
+    rest, tokens = param_groups(peft_model, cfg.train)
+    assert tokens["lr"] == 0.05 and "lr" not in rest
+    assert {id(p) for p in rest["params"]} | {id(p) for p in tokens["params"]} == trainable
+    # the item rows: one [new tokens, hidden] delta (tied head, so the input embedding only)
+    assert [tuple(p.shape) for p in tokens["params"]] == [(len(new_ids), model.config.hidden_size)]
+    opt = torch.optim.AdamW(param_groups(peft_model, cfg.train), lr=1e-3)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.05]
 
 
 def test_frozen_base_weights_unchanged(tiny_data, tmp_path):

@@ -9,13 +9,12 @@ user factors start random. Training, negatives and early stopping are those of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
 
 import numpy as np
 
 from generative_rec.data.dataset import RecData
 from generative_rec.evaluation.baselines.base import Validator, register
-from generative_rec.evaluation.baselines.bpr import fit_mf
+from generative_rec.evaluation.baselines.bpr import BPR, fit_mf
 
 
 def pca_init(embeddings: np.ndarray, dim: int, std: float) -> np.ndarray:
@@ -33,21 +32,10 @@ def pca_init(embeddings: np.ndarray, dim: int, std: float) -> np.ndarray:
 
 @register("mf_llm_init")
 @dataclass
-class MFLLMInit:
-    item_embeddings: np.ndarray | None = field(default=None, repr=False)
-    dim: int = 128  # dim and reg: the best of ``grid`` on ML-100K validation NDCG@10
-    lr: float = 2e-3
-    reg: float = 1e-4
-    batch_size: int = 1024
-    epochs: int = 200
-    eval_every: int = 5
-    patience: int = 5
-    init_std: float = 0.1
+class MFLLMInit(BPR):
+    """:class:`~.bpr.BPR` (same hyper-parameters and grid) with item factors started from embeddings."""
 
-    grid: ClassVar[dict[str, list[Any]]] = {"dim": [64, 128], "reg": [1e-4, 1e-3]}
-    user_factors: np.ndarray | None = field(default=None, init=False, repr=False)
-    item_factors: np.ndarray | None = field(default=None, init=False, repr=False)
-    fit_info: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    item_embeddings: np.ndarray | None = field(default=None, repr=False)
 
     def fit(self, data: RecData, valid: Validator | None = None, seed: int = 0) -> MFLLMInit:
         if self.item_embeddings is None or np.shape(self.item_embeddings)[0] != data.num_items:
@@ -57,7 +45,3 @@ class MFLLMInit:
         self.user_factors = net["user"].weight.detach().numpy().copy()
         self.item_factors = net["item"].weight.detach().numpy().copy()
         return self
-
-    def score(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
-        assert self.user_factors is not None and self.item_factors is not None, "fit first"
-        return self.user_factors[np.asarray(users)] @ self.item_factors.T
