@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,16 +95,10 @@ def ensure_prepared(path: str | Path) -> Path:
 
 
 def git_state() -> str:
-    """Short commit, with ``+dirty`` when the working tree has uncommitted changes."""
+    """Short commit, marked when the working tree has uncommitted changes."""
     from generative_rec.evaluation.run import git_commit
 
-    commit = git_commit()
-    try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        dirty = ""
-    return f"{commit}+dirty" if dirty and commit != "unknown" else commit
+    return git_commit()
 
 
 def setup_record(data, users: np.ndarray, n_users: int | None, seed: int, ks: tuple[int, ...],
