@@ -52,19 +52,27 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(ROOT / "runs" / "ablation"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--resume", action="store_true",
+                   help="keep the schemes already measured in --work/rows.json (a killed run continues)")
     a = p.parse_args()
 
     from generative_rec.config import RunConfig, from_dict
     from generative_rec.evaluation.run import evaluate_bundle, git_commit, machine
+    from generative_rec.io import atomic_write_json, read_json
     from generative_rec.training import train
 
-    rows = {}
+    state = Path(a.work) / "rows.json"  # written after every scheme
+    rows = read_json(state) if a.resume and state.exists() else {}
+    pop = rows.pop("(popularity)", None)
     for scheme in a.schemes:
+        if scheme in rows:
+            print(f"{scheme}: kept from {state}", flush=True)
+            continue
         cfg = from_dict(RunConfig, run_config(scheme, a))
         t0 = time.time()
         bundle = train(cfg, overwrite=True)
         train_s = time.time() - t0
-        rep = evaluate_bundle(bundle, users=a.users or None, seed=a.seed, baselines=["pop"] if not rows else [],
+        rep = evaluate_bundle(bundle, users=a.users or None, seed=a.seed, baselines=["pop"] if pop is None else [],
                               progress=False)
         res = rep["results"]
         llm = next(v for k, v in res.items() if k.startswith("LLM"))
@@ -80,7 +88,8 @@ def main() -> None:
         if "pop" in res:
             pop = {"HR@10": res["pop"]["HR@10"], "NDCG@10": res["pop"]["NDCG@10"]}
         print(json.dumps({scheme: rows[scheme]}), flush=True)
-    rows["(popularity)"] = pop
+        atomic_write_json(state, rows | {"(popularity)": pop})
+    rows = {s: rows[s] for s in a.schemes} | {"(popularity)": pop}
     write(rows, a, machine(), git_commit())
 
 
@@ -91,8 +100,15 @@ def _id_sequences(bundle) -> list[list[int]]:
     return [b.trie.sequence(i) for i in range(b.num_items)]
 
 
+def _cells(row: dict) -> dict:
+    """Accuracy with 4 decimals; counts as integers; seconds and rates with 1-2 decimals."""
+    fmt = {"ID tokens": "{:.2f}", "index build s": "{:.2f}", "train s": "{:.0f}", "eval users/s": "{:.2f}"}
+    return {k: fmt[k].format(v) if k in fmt and v is not None else v for k, v in row.items()}
+
+
 def write(rows: dict, a, machine: str, commit: str) -> None:
     from generative_rec.evaluation.metrics import format_table
+    from generative_rec.io import atomic_write_json, atomic_write_text
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,12 +120,15 @@ def write(rows: dict, a, machine: str, commit: str) -> None:
         f"Model {a.model} + LoRA r=16; {a.steps} optimizer steps x batch {a.batch_size} for every scheme; "
         f"template next_item/list-ids (ID-only history, last {a.max_history} items); "
         f"{a.users or 'all'} seeded test users.", "",
-        format_table(rows, cols), "",
+        format_table({name: _cells(r) for name, r in rows.items()}, cols), "",
+        "Schemes that add tokens (atomic, collaborative, semantic) start their new LM-head rows from training "
+        "popularity (`model.popularity_start`, the default); sequential, random and title reuse the "
+        "vocabulary's digit and word tokens, whose head rows stay pretrained.", "",
         f"Command: `{cmd}`  ", f"Machine: {machine}  ", f"Commit: {commit}; {time.strftime('%Y-%m-%d')}", "",
     ]
     name = f"indexing_ablation_{'cpu' if 'GPU' not in machine or 'no GPU' in machine else 'gpu'}"
-    (out / f"{name}.md").write_text("\n".join(text))
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    atomic_write_text(out / f"{name}.md", "\n".join(text))
+    atomic_write_json(out / f"{name}.json", rows)
     import matplotlib
 
     matplotlib.use("Agg")
