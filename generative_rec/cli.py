@@ -113,7 +113,8 @@ def cmd_demo(a) -> None:
     print()
     print(print_examples(rep, n=1))
     print()
-    print(f"== {e.split} split, {rep['users']} users (seeded sample), full ranking over all items, history masked")
+    who = "every user" if e.users is None else f"a seeded sample (seed {e.seed})"
+    print(f"== {e.split} split, {rep['users']} users ({who}), full ranking over all items, history masked")
     print(rep["table"])
     if rep.get("significance"):
         s = rep["significance"]
