@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from generative_rec.errors import ConfigError, GenRecError, UnknownItemError
+from generative_rec.data.dataset import lookup_keys
+from generative_rec.errors import ConfigError, GenRecError
 from generative_rec.indexing.base import ItemIndex
 from generative_rec.io import atomic_write_json, atomic_write_text, read_json
 from generative_rec.prompts import Renderer, Template
@@ -160,15 +161,4 @@ class Bundle:
 
     def lookup(self, keys: Sequence[str], by_title: bool = True) -> list[int]:
         """Catalogue rows of item ids (or exact titles); UnknownItemError lists every unknown key."""
-        out, missing = [], []
-        for k in keys:
-            k = str(k)
-            if k in self._by_id:
-                out.append(self._by_id[k])
-            elif by_title and k in self._by_title:
-                out.append(self._by_title[k])
-            else:
-                missing.append(k)
-        if missing:
-            raise UnknownItemError(missing)
-        return out
+        return lookup_keys(keys, self._by_id, self._by_title if by_title else None)

@@ -22,9 +22,7 @@ filters, rebuild the items from the filtered rows with :func:`holdout_mask` + :f
 from __future__ import annotations
 
 import ast
-import gzip
 import html
-import json
 import logging
 import math
 import os
@@ -35,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from generative_rec.data.readers import _check_file, parse_float
+from generative_rec.data.readers import _check_file, iter_json_lines, parse_float
 from generative_rec.data.tables import Interactions, Items
 from generative_rec.errors import DataError
 
@@ -68,25 +66,7 @@ def read_amazon(spec: AmazonSpec) -> tuple[Interactions, Items]:
 # --------------------------------------------------------------------------- records
 def iter_loose_json(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, record)`` from a JSON-lines file; python-literal lines are accepted too."""
-    p = _check_file(path)
-    with open(p, "rb") as fb:
-        gz = fb.read(2) == b"\x1f\x8b"
-    with gzip.open(p, "rt", encoding="utf-8") if gz else open(p, encoding="utf-8") as f:
-        try:
-            for lineno, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    rec = _literal(raw)
-                    if rec is None:
-                        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", str(p), lineno) from None
-                if not isinstance(rec, dict):
-                    raise DataError(f"expected a JSON object, found {type(rec).__name__}", str(p), lineno)
-                yield lineno, rec
-        except (UnicodeDecodeError, OSError, EOFError) as e:  # bad gzip stream, truncated file, not UTF-8
-            raise DataError(f"cannot read file ({type(e).__name__}: {e})", str(p)) from None
+    return iter_json_lines(_check_file(path), fallback=_literal)
 
 
 def _literal(raw: str) -> dict | None:

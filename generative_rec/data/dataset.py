@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -12,6 +13,22 @@ from generative_rec.errors import DataError, UnknownItemError
 from generative_rec.io import read_json
 
 SPLITS = ("train", "valid", "test")
+
+
+def lookup_keys(keys: Sequence, by_id: Mapping[str, int], by_title: Mapping[str, int] | None = None) -> list[int]:
+    """Rows of item ids (ids win) or, with ``by_title``, exact titles; UnknownItemError lists every miss."""
+    out, missing = [], []
+    for k in keys:
+        k = str(k)
+        if k in by_id:
+            out.append(by_id[k])
+        elif by_title is not None and k in by_title:
+            out.append(by_title[k])
+        else:
+            missing.append(k)
+    if missing:
+        raise UnknownItemError(missing)
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,17 +121,7 @@ class RecData:
 
     def lookup(self, keys: list[str], by_title: bool = True) -> list[int]:
         """Dense indices for item ids (or exact titles). Raises UnknownItemError listing every miss."""
-        out, missing = [], []
-        for k in keys:
-            if k in self.item_to_idx:
-                out.append(self.item_to_idx[k])
-            elif by_title and k in self.title_to_idx:
-                out.append(self.title_to_idx[k])
-            else:
-                missing.append(k)
-        if missing:
-            raise UnknownItemError(missing)
-        return out
+        return lookup_keys(keys, self.item_to_idx, self.title_to_idx if by_title else None)
 
     @cached_property
     def title_to_idx(self) -> dict[str, int]:

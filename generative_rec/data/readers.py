@@ -12,7 +12,7 @@ import gzip
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,23 +176,36 @@ class TableSpec:
     item_fields: list[str] = field(default_factory=list)
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` from a JSONL / CSV / TSV file (``.gz`` allowed)."""
-    p = _check_file(path)
-    suffixes = [s.lower() for s in p.suffixes if s.lower() != ".gz"]
-    kind = suffixes[-1] if suffixes else ""
-    if kind in (".jsonl", ".json", ".ndjson"):
-        with _open_text(p) as f:
+def iter_json_lines(p: Path, fallback: Callable[[str], dict | None] | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` from a JSON-lines file, gzipped or not (told by its magic bytes);
+    blank lines are skipped. ``fallback(raw)`` may parse a line that is not JSON (``None``: not parsable)."""
+    with open(p, "rb") as fb:
+        gz = fb.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(p, "rt", encoding="utf-8") if gz else open(p, encoding="utf-8") as f:
             for lineno, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
                 try:
                     rec = json.loads(raw)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", str(p), lineno) from None
+                    rec = fallback(raw) if fallback is not None else None
+                    if rec is None:
+                        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", str(p), lineno) from None
                 if not isinstance(rec, dict):
                     raise DataError(f"expected a JSON object, found {type(rec).__name__}", str(p), lineno)
                 yield lineno, rec
+    except (UnicodeDecodeError, OSError, EOFError) as e:  # bad gzip stream, truncated file, not UTF-8
+        raise DataError(f"cannot read file ({type(e).__name__}: {e})", str(p)) from None
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)`` from a JSONL / CSV / TSV file (``.gz`` allowed)."""
+    p = _check_file(path)
+    suffixes = [s.lower() for s in p.suffixes if s.lower() != ".gz"]
+    kind = suffixes[-1] if suffixes else ""
+    if kind in (".jsonl", ".json", ".ndjson"):
+        yield from iter_json_lines(p)
     elif kind in (".csv", ".tsv", ".txt"):
         delim = "\t" if kind in (".tsv", ".txt") else ","
         with _open_text(p) as f:
