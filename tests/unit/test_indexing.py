@@ -21,8 +21,6 @@ from generative_rec.indexing import SCHEMES, IndexConfig, ItemIndex, build_index
 from generative_rec.indexing.semantic import build_from_embeddings, default_codebook_size
 from generative_rec.indexing.title import unique_titles
 
-SMOLLM2 = Path("~/.cache/generative_rec/models/SmolLM2-135M-Instruct").expanduser()
-
 # Titles chosen to break naive title IDs: prefixes of each other, duplicates, quotes, odd spacing, digits.
 TRICKY = ["Heat", "Heat Wave", "Heat", "Heat  Wave ", 'The "Quoted" One', "The ", "2001", "200", "Heat [i2]"]
 
@@ -233,12 +231,11 @@ def test_collaborative_ids_follow_training_communities(data):
 
 # ------------------------------------------------------------------------------------------------ slow
 @pytest.mark.slow
-@pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").exists(), reason="converted SmolLM2 not present")
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
-def test_scheme_contract_smollm2_tokenizer(scheme, data, embeddings_file):
+def test_scheme_contract_smollm2_tokenizer(scheme, data, embeddings_file, smollm2_dir):
     from transformers import AutoTokenizer
 
     index = build_index(data, IndexConfig(scheme=scheme, options=options(scheme, embeddings_file)))
-    tok = AutoTokenizer.from_pretrained(str(SMOLLM2))
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
     tok.add_tokens(index.new_tokens)
     check_contract(index, data, tok)

@@ -308,11 +308,8 @@ def tiny_server(tiny_bundle, engine_slot, batch_results, tmp_path_factory) -> Se
 
 # ------------------------------------------------------------------------------------------- slow: SmolLM2
 @pytest.fixture(scope="session")
-def smol_bundle(tmp_path_factory, tiny_data) -> Path:
-    if not (SMOLLM2 / "config.json").exists():
-        pytest.skip(
-            "the converted SmolLM2-135M is not present (genrec train with model.base smollm2-135m makes it)"
-        )
+def smol_bundle(tmp_path_factory, tiny_data, smollm2_dir) -> Path:
+    assert smollm2_dir == SMOLLM2, (smollm2_dir, SMOLLM2)  # the LoRA test serves the adapter on SMOLLM2
     # trained with the explain task too, so the slow server test covers `"explain": true`
     return train_bundle(
         tmp_path_factory.mktemp("smol"),

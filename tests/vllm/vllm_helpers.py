@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from generative_rec.paths import genrec_home
+
 API_KEY = "test-key"
-SMOLLM2 = Path("~/.cache/generative_rec/models/SmolLM2-135M-Instruct").expanduser()
+SMOLLM2 = genrec_home() / "models" / "SmolLM2-135M-Instruct"  # converted by scripts/setup.sh
 TIE_TOL = 1e-4  # scores this close may swap places between engines (fp32 summation order)
 
 
