@@ -51,7 +51,8 @@ from generative_rec.explain import (  # noqa: E402
 )
 from generative_rec.training import train  # noqa: E402
 
-AMAZON = ROOT.parent / "shared" / "data" / "amazon-musical-instruments-2014" / "reviews_Musical_Instruments_5.json.gz"
+AMAZON = (Path(os.environ.get("GENREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+          / "amazon-musical-instruments-2014" / "reviews_Musical_Instruments_5.json.gz")
 DATA = {  # name -> (prepared folder, PrepareConfig fields, domain_text weight giving ~1/3 of the mixture)
     "ml-100k": (ROOT / "data" / "ml-100k", {"source": "ml-100k"}, 0.6),
     # No attribute field on Amazon: its mined keywords include generic words ("choice", "design", "sound"), so

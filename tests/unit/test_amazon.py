@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import AMAZON
 
 from generative_rec.data.amazon import (
     AmazonSpec,
@@ -19,16 +20,14 @@ from generative_rec.data.amazon import (
 )
 from generative_rec.errors import DataError
 
-# The shared data folder sits beside the checkout (../shared/data); tests must not copy it.
-REAL = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "amazon-musical-instruments-2014"
-        / "reviews_Musical_Instruments_5.json.gz")
+REAL = AMAZON  # the shared data folder beside the checkout (../shared/data, or $GENREC_SHARED_DATA)
 
 
 @pytest.fixture(scope="module")
 def real():
     assert REAL.exists(), (
         f"the real Amazon Musical Instruments file is missing: expected {REAL} "
-        "(the shared data folder ../shared/data beside the checkout); this test does not skip"
+        "(../shared/data beside the checkout, or set GENREC_SHARED_DATA); this test does not skip"
     )
     return read_amazon(AmazonSpec(path=str(REAL)))
 
