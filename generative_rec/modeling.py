@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from generative_rec.errors import ConfigError
-from generative_rec.io import atomic_dir
+from generative_rec.io import atomic_dir, atomic_write_bytes
 from generative_rec.paths import genrec_home
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,8 @@ def train_tiny_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int 
         byte_fallback=True, split_digits=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
         hard_vocab_limit=False, minloglevel=2,
     )
-    (out_dir / "tokenizer.model").write_bytes(buf.getvalue())
+    # atomic: with several processes (torchrun) every rank writes the same file here and then reads it
+    atomic_write_bytes(out_dir / "tokenizer.model", buf.getvalue())
     tok = LlamaTokenizer.from_pretrained(out_dir)
     tok.pad_token = "<pad>"
     return tok

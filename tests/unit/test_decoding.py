@@ -73,7 +73,8 @@ def test_every_decoded_item_is_in_the_catalogue_and_distinct(cat, k, seed, data)
             continue
         exact[i] = sum(float(scorer.logp(0, tuple(s[:j]))[s[j]]) for j in range(len(s)))
     best = sorted(exact, key=lambda i: (-exact[i], i))[:k]
-    assert [round(exact[i], 4) for i in best] == [round(x, 4) for x in wide.scores]
+    # the k best scores (items may swap only where scores tie within float error)
+    np.testing.assert_allclose(wide.scores, [exact[i] for i in best], rtol=0, atol=1e-4)
     for i, s in zip(wide.items, wide.scores, strict=True):
         assert abs(exact[i] - s) < 1e-4
 
