@@ -94,13 +94,6 @@ def ensure_prepared(path: str | Path) -> Path:
     return Path(prepare(PrepareConfig(source="ml-100k", output=str(path))))
 
 
-def git_state() -> str:
-    """Short commit, marked when the working tree has uncommitted changes."""
-    from generative_rec.evaluation.run import git_commit
-
-    return git_commit()
-
-
 def setup_record(data, users: np.ndarray, n_users: int | None, seed: int, ks: tuple[int, ...],
                  tier: str) -> dict:
     """What every model's result must share (checked on ``--resume``)."""
@@ -255,7 +248,7 @@ def run_benchmark(data: str | Path = "data/ml-100k", tier: str = "cpu", models=D
                   progress: bool = True, command: str | None = None) -> dict:
     """Run ``models`` on the same test users, save each result as it finishes, then write the report."""
     from generative_rec.data import RecData
-    from generative_rec.evaluation.run import machine
+    from generative_rec.evaluation.run import git_commit, machine
     from generative_rec.paths import repo_root
 
     t_start = time.time()
@@ -333,7 +326,7 @@ def run_benchmark(data: str | Path = "data/ml-100k", tier: str = "cpu", models=D
                                     "evaluated once on the test users",
         "seed": seed, "models": records, "comparison": compare(records, arrays),
         "machine": machine(), "python": platform.python_version(), "torch": _torch_version(),
-        "commit": git_state(), "command": command, "resumed": resumed,
+        "commit": git_commit(), "command": command, "resumed": resumed,
         "wall_s": round(time.time() - t_start, 1),
         "seconds_per_model": {k: round(r.get("seconds", 0.0), 1) for k, r in records.items()},
     }
