@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from generative_rec.collaborative import CollaborativeSection
 from generative_rec.errors import ConfigError
 from generative_rec.indexing.base import IndexConfig
 from generative_rec.modeling import LoraSettings
@@ -36,6 +37,8 @@ class ModelSection:
                                    "and calibrate the new tokens' output rows to training popularity before training"})
     head_content_scale: float = field(default=0.3, metadata={"help": "with popularity_start: weight of the "
                                       "title-based part of the new output rows at the start"})
+    collaborative: CollaborativeSection = field(default_factory=CollaborativeSection, metadata={
+        "help": "collaborative knowledge in the item tokens (start / fuse / distillation); see collaborative.py"})
 
 
 @dataclass
@@ -65,12 +68,18 @@ class TrainSection:
     warmup_ratio: float = 0.05
     scheduler: str = field(default="cosine", metadata={"help": "cosine | linear | constant"})
     max_grad_norm: float = 1.0
+    loss_vocab: str = field(default="full", metadata={
+        "help": "full: softmax over the whole vocabulary; ids: ID targets softmax over the ID tokens only "
+                "(what constrained decoding ranks; cheaper)"})
     seed: int = 0
     log_every: int = 10
     eval_every: int = field(default=0, metadata={"help": "validate every N steps (0: only at the end)"})
     eval_users: int = field(default=100, metadata={"help": "validation users sampled for periodic validation"})
     save_every: int = field(default=100, metadata={"help": "checkpoint every N optimizer steps (0: never)"})
     keep_checkpoints: int = 2
+    report_to: str = field(default="auto", metadata={
+        "help": "experiment trackers for loss and validation curves: auto (TensorBoard when installed, "
+                "written to <output>/logs), none, or accelerate tracker names (tensorboard,wandb,...)"})
     merge: bool = field(default=True, metadata={"help": "write the merged model into the bundle"})
 
 

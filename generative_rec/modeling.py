@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,132 @@ def add_item_tokens(model, tokenizer, new_tokens: list[str], token_items: dict[s
         if out is not None and out.weight.data_ptr() != emb.data_ptr():
             out.weight[ids] = emb[ids]
     return list(ids)
+
+
+def token_vectors(new_tokens: list[str], token_items: dict[str, list[int]], item_embeddings) -> torch.Tensor:
+    """``[len(new_tokens), d]``: each new token's mean item embedding over the items it stands for
+    (``token_items``: atomic IDs, one item; multi-token IDs, every item sharing the code); zero when none."""
+    e = torch.as_tensor(item_embeddings, dtype=torch.float32)
+    offsets, flat = [], []
+    for tok in new_tokens:
+        offsets.append(len(flat))
+        flat += list(token_items.get(tok) or [])
+    lengths = torch.diff(torch.tensor(offsets + [len(flat)]))
+    vecs = torch.nn.functional.embedding_bag(torch.tensor(flat, dtype=torch.long), e,
+                                             torch.tensor(offsets, dtype=torch.long), mode="mean")
+    vecs[lengths == 0] = 0.0
+    return vecs
+
+
+@torch.no_grad()
+def collaborative_start(model, tokenizer, new_tokens: list[str], token_items: dict[str, list[int]],
+                        item_embeddings, input_share: float, output_share: float, seed: int = 0) -> dict:
+    """Blend collaborative item embeddings into the new tokens' rows (E4SRec-style start).
+
+    Each new token gets its items' mean source embedding (:func:`token_vectors`), carried into the hidden
+    size by a fixed map with orthonormal columns (so the source's item-item dot products are kept) and
+    scaled to the typical row norm. The input row becomes ``sqrt(1 - s) * row + sqrt(s) * collab`` with
+    ``s = input_share`` (the title-based start and the collaborative part are nearly orthogonal, so the
+    norm is kept); the output row likewise with ``output_share`` (the LM head must be untied first).
+    Returns a summary.
+    """
+    from generative_rec.collaborative import projection
+
+    emb_in = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if output_share and (head is None or head.weight.data_ptr() == emb_in.data_ptr()):
+        raise ConfigError("collaborative_start: untie the LM head first (untie_output_embeddings)")
+    vecs = token_vectors(new_tokens, token_items, item_embeddings)
+    vecs = vecs @ projection(vecs.shape[1], emb_in.shape[1], seed).T
+    norms = vecs.norm(dim=-1)
+    has = norms > 0
+    scale_ref = norms[has].mean().clamp_min(1e-6) if bool(has.any()) else torch.tensor(1.0)
+    idx = torch.tensor(tokenizer.convert_tokens_to_ids(new_tokens))
+    out = {"tokens": len(idx), "source_dim": int(vecs.shape[1])}
+    for name, w, share in (("input", emb_in, input_share),
+                           ("output", head.weight if head is not None else None, output_share)):
+        if w is None or not share:
+            continue
+        rows = w[idx].float()
+        collab = vecs / scale_ref * rows.norm(dim=-1).median()
+        w[idx] = (math.sqrt(1.0 - share) * rows + math.sqrt(share) * collab).to(w.dtype)
+        out[f"{name}_share"] = share
+    return out
+
+
+class CollaborativeFuser(torch.nn.Module):
+    """``fuse`` mode (LLaRA / CoLLM-style): a trainable projector maps each item token's fixed collaborative
+    vector into the LLM, and the result is added to the token's input embedding and to its LM-head row.
+
+    The projectors start at zero (the rows already hold the collaborative start), so step 0 equals the
+    ``start`` mode; training then moves every item along directions shared through the collaborative
+    geometry instead of one row at a time. :meth:`fold` writes the projected rows into the model's own
+    item-token rows, so the saved (merged) model needs nothing else: vLLM serves it unchanged.
+    """
+
+    def __init__(self, token_ids: list[int], vectors: torch.Tensor, vocab_size: int, hidden: int):
+        super().__init__()
+        row_of = torch.full((vocab_size,), -1, dtype=torch.long)
+        row_of[torch.tensor(token_ids)] = torch.arange(len(token_ids))
+        self.register_buffer("vectors", vectors.float().clone(), persistent=False)
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("row_of", row_of, persistent=False)
+        self.w_in = torch.nn.Parameter(torch.zeros(hidden, vectors.shape[1]))
+        self.w_out = torch.nn.Parameter(torch.zeros(hidden, vectors.shape[1]))
+        self._handles: list = []
+
+    def input_rows(self) -> torch.Tensor:
+        return self.vectors @ self.w_in.T
+
+    def output_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The added LM-head rows for ``token_ids`` (zero for tokens that are not item tokens)."""
+        at = self.row_of[token_ids]
+        rows = self.vectors[at.clamp_min(0)] @ self.w_out.T
+        return rows * (at >= 0)[:, None].to(rows.dtype)
+
+    def attach(self, model) -> None:
+        """Hook the (peft-wrapped) input embeddings and LM head of ``model``."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+        def add_input(_mod, args, out):
+            at = self.row_of[args[0]]
+            hit = at >= 0
+            if not bool(hit.any()):
+                return out
+            extra = self.input_rows()[at.clamp_min(0)] * hit[..., None].to(out.dtype)
+            return out + extra.to(out.dtype)
+
+        def add_output(_mod, args, out):
+            extra = args[0] @ (self.vectors @ self.w_out.T).T.to(args[0].dtype)
+            return out.index_add(-1, self.token_ids, extra.to(out.dtype))
+
+        self._handles = [base.get_input_embeddings().register_forward_hook(add_input),
+                         base.get_output_embeddings().register_forward_hook(add_output)]
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def fold(self, model) -> None:
+        """Add the projected rows into the model's item-token rows (peft trainable-token deltas, or the
+        plain weights) and remove the hooks; the fuser's contribution then lives in the model itself."""
+        self.detach()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        for module, rows in ((base.get_input_embeddings(), self.input_rows()),
+                             (base.get_output_embeddings(), self.vectors @ self.w_out.T)):
+            adapter = getattr(module, "token_adapter", None)
+            if adapter is None:
+                module.weight[self.token_ids] += rows.to(module.weight.dtype)
+                continue
+            for name in adapter.active_adapters:
+                where = {int(t): j for j, t in enumerate(adapter.token_indices[name])}
+                pos = torch.tensor([where[int(t)] for t in self.token_ids])
+                delta = adapter.trainable_tokens_delta[name]
+                delta[pos] += rows.to(delta.dtype)
+        self.w_in.zero_()
+        self.w_out.zero_()
 
 
 # --------------------------------------------------------------------------- LoRA

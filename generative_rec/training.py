@@ -38,11 +38,15 @@ from generative_rec.modeling import (
     add_item_tokens,
     apply_lora,
     build_tiny_random,
+    CollaborativeFuser,
+    collaborative_start,
     count_parameters,
     load_model,
     pick_dtype,
     popularity_start,
     resolve_model,
+    token_vectors,
+    untie_output_embeddings,
 )
 from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
 from generative_rec.tasks import TaskContext, build_task
@@ -53,11 +57,50 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- the loss
 class TargetOnlyLM(nn.Module):
-    """Wraps a (peft) causal LM: mean cross-entropy over target tokens, LM head applied only there."""
+    """Wraps a (peft) causal LM: mean cross-entropy over target tokens, LM head applied only there.
 
-    def __init__(self, model):
+    ``id_vocab`` (sorted token ids; the union of every item ID's tokens): a target that is an ID token
+    gets its softmax over the ID vocabulary only (what constrained decoding ranks; also much cheaper than
+    the full vocabulary); other targets (text, EOS) keep the full vocabulary.
+
+    ``teacher`` + ``distill`` (single-token IDs): at every target that is an item token with at least one
+    item before it in the row, add ``distill * T^2 * KL(teacher || student)`` over the catalogue, the
+    teacher scoring exactly the items the row shows before that position; the cross-entropy gets weight
+    ``1 - distill``.
+    """
+
+    def __init__(self, model, id_vocab: list[int] | None = None, item_tokens: list[int] | None = None,
+                 teacher=None, distill: float = 0.0, temperature: float = 1.0, fuser=None):
         super().__init__()
         self.model = model
+        self.fuser = fuser  # CollaborativeFuser (fuse mode): trained with the model, hooks already attached
+        self.teacher, self.distill, self.temperature = teacher, float(distill), float(temperature)
+        vocab = self._vocab_size()
+        for name in ("id_vocab", "vocab_pos", "item_tokens", "item_of_token"):
+            self.register_buffer(name, None, persistent=False)
+        if id_vocab is not None:
+            ids = torch.tensor(sorted(set(id_vocab)), dtype=torch.long)
+            pos = torch.full((vocab,), -1, dtype=torch.long)
+            pos[ids] = torch.arange(len(ids))
+            self.register_buffer("id_vocab", ids, persistent=False)
+            self.register_buffer("vocab_pos", pos, persistent=False)
+        if item_tokens is not None:
+            it = torch.tensor(item_tokens, dtype=torch.long)
+            item_of = torch.full((vocab,), -1, dtype=torch.long)
+            item_of[it] = torch.arange(len(it))
+            self.register_buffer("item_tokens", it, persistent=False)
+            self.register_buffer("item_of_token", item_of, persistent=False)
+        if self.distill and (self.teacher is None or self.item_tokens is None):
+            raise ConfigError("distillation needs a teacher and single-token item IDs")
+
+    def _vocab_size(self) -> int:
+        head = self._parts()[1]
+        adapter = getattr(head, "token_adapter", None)
+        return (adapter.base_layer.weight if adapter is not None else head.weight).shape[0]
+
+    def _rows(self, head, ids: torch.Tensor) -> torch.Tensor:
+        rows = head_rows(head, ids)
+        return rows if self.fuser is None else rows + self.fuser.output_rows(ids).to(rows.dtype)
 
     def _parts(self):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -68,10 +111,66 @@ class TargetOnlyLM(nn.Module):
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         targets = labels[:, 1:]
         sel = targets != IGNORE
-        logits = head(hidden[:, :-1][sel])
+        h, y = hidden[:, :-1][sel], targets[sel]
         n = sel.sum()
-        loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum") / n.clamp_min(1)
+        if self.id_vocab is None:
+            loss = F.cross_entropy(head(h).float(), y, reduction="sum")
+        else:
+            pos = self.vocab_pos[y]
+            ids = pos >= 0
+            loss = h.new_zeros((), dtype=torch.float32)
+            if bool(ids.any()):
+                w = self._rows(head, self.id_vocab)
+                loss = loss + F.cross_entropy((h[ids] @ w.T).float(), pos[ids], reduction="sum")
+            if not bool(ids.all()):
+                loss = loss + F.cross_entropy(head(h[~ids]).float(), y[~ids], reduction="sum")
+        loss = loss / n.clamp_min(1)
+        if self.distill:
+            kd = self._distill_loss(input_ids, sel, h, y, head)
+            if kd is not None:
+                loss = (1.0 - self.distill) * loss + self.distill * kd
         return loss, n
+
+    def _distill_loss(self, input_ids, sel, h, y, head):
+        """Mean over distilled positions of ``T^2 * KL(teacher_T || student_T)`` over the catalogue. The
+        teacher scores each position's context (the items the row shows up to it) as it scores a user."""
+        items = self.item_of_token[input_ids[:, :-1]]  # the item at each input position (-1: none)
+        count = (items >= 0).long().cumsum(1)  # items shown up to and including each position
+        keep = (self.item_of_token[y] >= 0) & (count[sel] > 0)
+        if not bool(keep.any()):
+            return None
+        rows, cols = (t[keep] for t in torch.nonzero(sel, as_tuple=True))
+        shown = [items[r][items[r] >= 0].cpu().numpy() for r in range(items.shape[0])]
+        contexts = [shown[r][: int(count[r, c])] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
+        t_logits = self.teacher.next_item_logits(contexts).to(h.device).float()
+        s_logits = (h[keep] @ self._rows(head, self.item_tokens).T).float()
+        temp = self.temperature
+        kl = F.kl_div(F.log_softmax(s_logits / temp, -1), F.log_softmax(t_logits / temp, -1), log_target=True,
+                      reduction="batchmean")
+        return kl * temp * temp
+
+
+def head_rows(head, ids: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``ids`` of an LM head's effective weight (peft's trainable-token rows applied), cheaply: only
+    the requested rows are gathered (``ids=None``: the whole weight)."""
+    adapter = getattr(head, "token_adapter", None)
+    if adapter is None:
+        return head.weight if ids is None else head.weight[ids]
+    base = adapter.base_layer.weight
+    if ids is None:
+        return adapter.get_merged_weights(adapter.active_adapters)
+    rows = base[ids]
+    for name in adapter.active_adapters:
+        tok = torch.tensor(adapter.token_indices[name], device=base.device)
+        where = torch.full((base.shape[0],), -1, dtype=torch.long, device=base.device)
+        where[tok] = torch.arange(len(tok), device=base.device)
+        at = where[ids]
+        hit = at >= 0
+        if bool(hit.any()):
+            delta = adapter.trainable_tokens_delta[name]
+            rows = rows.clone() if not rows.requires_grad else rows
+            rows = torch.where(hit[:, None], delta[at.clamp_min(0)].to(rows.dtype), rows)
+    return rows
 
 
 # --------------------------------------------------------------------------- examples
@@ -168,6 +267,70 @@ def load_base(cfg: RunConfig, data: RecData, work_dir: Path):
     return load_model(resolve_model(cfg.model.base), dtype=dtype)
 
 
+def resolve_trackers(report_to: str) -> list[str]:
+    """``train.report_to``: auto (TensorBoard when it is installed), none, or tracker names for accelerate
+    (comma-separated: tensorboard, wandb, mlflow, ...)."""
+    if report_to in ("none", "", None):
+        return []
+    if report_to == "auto":
+        import importlib.util
+
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+    return [t.strip() for t in report_to.split(",") if t.strip()]
+
+
+def flat_config(cfg: RunConfig) -> dict:
+    """The run config as flat ``section.key -> scalar`` (what trackers accept as hyper-parameters)."""
+    out: dict = {}
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+        elif isinstance(v, (int, float, str, bool)):
+            out[prefix] = v
+        else:
+            out[prefix] = str(v)
+
+    walk("", asdict(cfg))
+    return out
+
+
+def _fit_collaborative(cfg: RunConfig, data: RecData, accelerator):
+    """The collaborative source, fitted once (the main process first; the others then read its cache)."""
+    from generative_rec.collaborative import fit_collaborative
+
+    if accelerator.is_main_process:
+        collab = fit_collaborative(data, cfg.model.collaborative)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        collab = fit_collaborative(data, cfg.model.collaborative)
+    if collab.net is not None:
+        collab.net.to(accelerator.device)
+    return collab
+
+
+def single_token_items(id_tokens: list[list[int]]) -> list[int] | None:
+    """Each item's token when every ID is one distinct token (atomic IDs), else None."""
+    if all(len(t) == 1 for t in id_tokens) and len({t[0] for t in id_tokens}) == len(id_tokens):
+        return [t[0] for t in id_tokens]
+    return None
+
+
+def make_loss(cfg: RunConfig, model, id_tokens: list[list[int]], collab=None, fuser=None) -> TargetOnlyLM:
+    """The training objective of ``cfg``: target-only CE (over the ID vocabulary for ID targets when
+    ``train.loss_vocab: ids``) plus, when configured, distillation from the collaborative source."""
+    c = cfg.model.collaborative
+    items = single_token_items(id_tokens)
+    if c.distill and items is None:
+        raise ConfigError("model.collaborative.distill needs single-token item IDs (index.scheme: atomic)")
+    if cfg.train.loss_vocab not in ("full", "ids"):
+        raise ConfigError(f"train.loss_vocab must be 'full' or 'ids', not {cfg.train.loss_vocab!r}")
+    vocab = sorted({t for seq in id_tokens for t in seq}) if cfg.train.loss_vocab == "ids" else None
+    return TargetOnlyLM(model, id_vocab=vocab, item_tokens=items, teacher=collab if c.distill else None,
+                        distill=c.distill, temperature=c.temperature, fuser=fuser)
+
+
 # --------------------------------------------------------------------------- checkpoints
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -242,8 +405,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
                                   f"or --overwrite to start again")
         shutil.rmtree(out / "checkpoints")
     mixed = "bf16" if pick_dtype(cfg.model.dtype) == torch.bfloat16 and torch.cuda.is_available() else "no"
+    trackers = resolve_trackers(cfg.train.report_to)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=mixed,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), log_with=trackers or None,
+                              project_dir=str(out / "logs"))
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
@@ -265,11 +430,21 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     if not first:
         raise ConfigError("no training examples (are the users' training sequences long enough?)")
     start_info = {}
+    collab = None
+    if cfg.model.collaborative.enabled:
+        collab = _fit_collaborative(cfg, data, accelerator)
+        if new_ids:
+            untie_output_embeddings(model)
+            start_info["collaborative"] = collaborative_start(
+                model, tok, index.new_tokens, index.token_items, collab.item_embeddings,
+                cfg.model.collaborative.input_share, cfg.model.collaborative.output_share,
+                seed=cfg.model.collaborative.seed)
+            accelerator.print(f"collaborative start from {collab.source}: {start_info['collaborative']}")
     if cfg.model.popularity_start and new_ids:
-        start_info = popularity_start(model, make_batches(first[:32], 16, tok.pad_token_id, 0),
+        start_info["popularity"] = popularity_start(model, make_batches(first[:32], 16, tok.pad_token_id, 0),
                                       first_token_popularity(id_tokens, data.train_counts, set(new_ids)),
                                       content_scale=cfg.model.head_content_scale)
-        accelerator.print(f"popularity start: {start_info}")
+        accelerator.print(f"popularity start: {start_info['popularity']}")
     torch.manual_seed(cfg.train.seed)
     model = apply_lora(model, cfg.lora, new_ids, untied=not _tied(model))
     n_train, n_total = count_parameters(model)
@@ -277,7 +452,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     micro_per_epoch = math.ceil(len(first) / cfg.train.batch_size) // world
     steps_per_epoch = max(1, micro_per_epoch // cfg.train.grad_accum)
     total = cfg.train.max_steps if cfg.train.max_steps is not None else max(1, round(cfg.train.epochs * steps_per_epoch))
-    wrapper = TargetOnlyLM(model)
+    fuser = None
+    if collab is not None and cfg.model.collaborative.mode == "fuse" and new_ids:
+        fuser = CollaborativeFuser(new_ids, token_vectors(index.new_tokens, index.token_items, collab.item_embeddings),
+                                   len(tok), model.get_base_model().config.hidden_size)
+        fuser.attach(model)
+    wrapper = make_loss(cfg, model, id_tokens, collab, fuser)
     optimizer = torch.optim.AdamW(param_groups(wrapper, cfg.train), lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
@@ -296,6 +476,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         f"training {cfg.model.base} + LoRA r={cfg.lora.r}: {n_train:,} trainable / {n_total:,} params; "
         f"{index.describe()}; {len(first)} examples/epoch, {total} optimizer steps, {world} process(es)")
 
+    if trackers:
+        accelerator.init_trackers("train", config=flat_config(cfg))
     val_users = data.sample_users(cfg.train.eval_users, seed=cfg.train.seed)
     bar = tqdm(total=total, initial=state["step"], desc="train", disable=not accelerator.is_main_process,
                dynamic_ncols=True)
@@ -334,12 +516,18 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
                        "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tok_window / max(dt, 1e-9), 1),
                        "elapsed_s": round(time.time() - t_start, 1)}
                 state["log"].append(rec)
+                accelerator.log({"train/loss": rec["loss"], "train/lr": rec["lr"],
+                                 "train/tokens_per_s": rec["tokens_per_s"], "train/tokens": state["tokens"]},
+                                step=state["step"])
                 bar.set_postfix(loss=rec["loss"], tok_s=rec["tokens_per_s"])
                 window_loss, window_n, t_window, tok_window = 0.0, 0, time.time(), 0
             if cfg.train.eval_every and state["step"] % cfg.train.eval_every == 0 and state["step"] < total:
                 m = _validate(accelerator, wrapper, renderer, trie, data, val_users, cfg, templates)
                 if m is not None:
-                    state["log"].append({"step": state["step"], **{f"valid_{k}": v for k, v in m.items()}})
+                    state["log"].append({"step": state["step"], "tokens": state["tokens"],
+                                         "elapsed_s": round(time.time() - t_start, 1),
+                                         **{f"valid_{k}": v for k, v in m.items()}})
+                    accelerator.log({f"valid/{k}": v for k, v in m.items()}, step=state["step"])
                     accelerator.print(f"step {state['step']}: validation {_fmt(m)}")
             state["elapsed_s"] = time.time() - t_start
             if cfg.train.save_every and state["step"] % cfg.train.save_every == 0 and state["step"] < total:
@@ -351,6 +539,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
             state["epoch"] += 1
             state["micro_in_epoch"] = 0
     bar.close()
+    if trackers:
+        accelerator.end_training()
     state["elapsed_s"] = time.time() - t_start
     accelerator.wait_for_everyone()
 
@@ -365,7 +555,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
             "trainable_params": n_train, "total_params": n_total, "processes": world, "replicas_in_sync": in_sync,
             "device": str(accelerator.device), "popularity_start": start_info, "log": state["log"],
         }
-        write_bundle(out, cfg, accelerator.unwrap_model(wrapper).model, tok, data, index, trie, templates,
+        unwrapped = accelerator.unwrap_model(wrapper)
+        if unwrapped.fuser is not None:
+            unwrapped.fuser.fold(unwrapped.model)  # the projected rows become the model's own item rows
+        write_bundle(out, cfg, unwrapped.model, tok, data, index, trie, templates,
                      {"train": train_info, "valid": val})
         accelerator.print(f"bundle written to {out}  (final loss {train_info['final_loss']}, "
                           f"{train_info['tokens_per_s']} tokens/s)")

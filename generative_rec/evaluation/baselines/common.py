@@ -61,6 +61,12 @@ class NegativeSampler:
         return neg  # a user who has seen (nearly) every item: keep what we have
 
 
+def no_validation(score_fn: ScoreFn) -> float:
+    """Pass as ``valid`` to train a fixed number of epochs without ever reading a validation target
+    (the model then depends on the training part only: collaborative embeddings, distillation teachers)."""
+    raise RuntimeError("no_validation is a marker: early_stopping never calls it")
+
+
 def default_validator(data: RecData, valid: Callable[[ScoreFn], float] | None) -> Callable[[ScoreFn], float]:
     return valid if valid is not None else ndcg_validator(data)
 
@@ -72,13 +78,23 @@ def early_stopping(module: Any, run_epoch: Callable[[int], float], make_scorer: 
 
     ``run_epoch(epoch) -> mean loss``; every ``eval_every`` epochs ``valid(make_scorer())`` is computed
     with the module in eval mode; training stops after ``patience`` evaluations without improvement and
-    the best weights are restored. Returns a record of the run.
+    the best weights are restored. With ``valid=no_validation`` every epoch runs and the last weights stay.
+    Returns a record of the run.
     """
     import torch
 
     best, best_state, best_epoch, bad, curve = -math.inf, None, 0, 0, []
     t0 = time.time()
     epoch = 0
+    if valid is no_validation:  # fixed epochs; the last weights are kept
+        for epoch in range(1, max_epochs + 1):
+            module.train()
+            loss = run_epoch(epoch)
+            curve.append((epoch, round(loss, 5), None))
+            if epoch % eval_every == 0 or epoch == max_epochs:
+                log.info("%s epoch %d loss %.4f (%.0fs)", name, epoch, loss, time.time() - t0)
+        module.eval()
+        return {"best_epoch": epoch, "epochs_run": epoch, "valid_best": None, "curve": curve}
     for epoch in range(1, max_epochs + 1):
         module.train()
         loss = run_epoch(epoch)
