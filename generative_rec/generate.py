@@ -229,7 +229,7 @@ def decode_window(llm, bundle, jobs: list[Job], lora_request=None, stats: Search
             groups.setdefault((job.k, job.num_beams), []).append(j)
     for (k, nb), idx in groups.items():
         res = llm_topk(llm, bundle.trie, [jobs[j].prompt for j in idx], k, nb, [jobs[j].exclude for j in idx],
-                       batch_size=len(idx), lora_request=lora_request, stats=stats)
+                       batch_size=len(idx), lora_request=lora_request, stats=stats, item_ids=bundle.item_ids)
         for j, r in zip(idx, res, strict=True):
             out[j] = {"user_id": jobs[j].user_id, "items": items_of(bundle, r), "history_used": jobs[j].used}
             ranked[j] = [int(i) for i in r.items]
@@ -282,7 +282,14 @@ def generate(o: GenerateOptions, llm=None, progress: bool = True,
         return summary
     own = llm is None
     if own:
-        llm = open_llm(bundle, o.engine)
+        from dataclasses import replace
+
+        from generative_rec.decoding.topk import max_width
+
+        # the engine must return the widest top-W any line needs (decoding.topk.needed_width), plus the sink
+        need = max(max_width(bundle.trie, j.k, max(j.k, j.num_beams or j.k)) for j in pending if j.error is None) \
+            if any(j.error is None for j in pending) else 1
+        llm = open_llm(bundle, replace(o.engine, max_logprobs=max(o.engine.max_logprobs, need + 1)))
     lora = lora_request_for(bundle, o.engine)
     stats = SearchStats()
     t0 = time.perf_counter()
@@ -299,7 +306,8 @@ def generate(o: GenerateOptions, llm=None, progress: bool = True,
         bar.close()
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         summary["decode"] = {"steps": stats.steps, "rows": stats.rows, "model_s": round(stats.model_seconds, 2),
-                             "mask_s": round(stats.mask_seconds, 2)}
+                             "mask_s": round(stats.mask_seconds, 2),
+                             "engine_requests": stats.extra.get("requests", 0)}
         if o.explain:
             summary["explain"] = {"explanations": stats.extra.get("explanations", 0),
                                   "seconds": round(stats.extra.get("explain_s", 0.0), 2)}

@@ -9,8 +9,10 @@ HF ``generate`` beam search reports with a trie logits processor and ``length_pe
 Top-K therefore returns K *distinct* catalogue items (each leaf is one item) ranked by sequence
 log-probability. Items can be excluded per prompt (e.g. the user's history).
 
-Engines implement :class:`Scorer`; ``decoding.hf`` runs HF models with a KV cache, ``decoding.vllm_engine``
-runs vLLM.
+Engines implement :class:`Scorer`; ``decoding.hf`` runs HF models with a KV cache and returns the whole
+distribution of every beam; ``decoding.vllm_engine`` runs vLLM and returns, per beam, only the best live
+children the search can use (:class:`~generative_rec.decoding.topk.Candidates`, how many:
+:func:`~generative_rec.decoding.topk.needed_width`). Both feed the same search below.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from generative_rec.decoding.topk import Candidates, Exclusion, children_by_token
 from generative_rec.trie import Trie
 
 
@@ -48,13 +51,18 @@ class Scorer(Protocol):
 
     ``start(prompts)`` is called once; then ``step(beams)`` for each decoding step with the live beams
     (``beam.parent_row`` is the row of the beam it extends in the previous step's output, so an engine
-    with a KV cache can reorder it). It returns float log-probs ``[len(beams), vocab]`` (full-vocabulary
-    log_softmax of the next token after ``prompt + beam.tokens``).
+    with a KV cache can reorder it). It returns the full-vocabulary log_softmax of the next token after
+    ``prompt + beam.tokens``, either
+
+    - dense: a float tensor ``[len(beams), vocab]`` (the search reads each beam's live children), or
+    - sparse: :class:`~generative_rec.decoding.topk.Candidates` holding, for each beam, at least its
+      ``needed_width(trie, beam.node, k, num_beams)`` best live children (children of excluded items only
+      are not live). Entries that are not live children of the beam's node are ignored.
     """
 
     def start(self, prompts: Sequence[Sequence[int]]) -> None: ...
 
-    def step(self, beams: Sequence[Beam]) -> torch.Tensor: ...
+    def step(self, beams: Sequence[Beam]) -> torch.Tensor | Candidates: ...
 
 
 @dataclass
@@ -80,7 +88,7 @@ def constrained_beam_search(
         raise ValueError("k must be >= 1")
     num_beams = max(k, num_beams or k)
     n = len(prompts)
-    banned = [trie.exclusion(e) if e is not None else None for e in (exclude or [None] * n)]
+    excl = [Exclusion.from_items(trie, e) for e in (exclude or [None] * n)]
     finished: list[list[tuple[float, int]]] = [[] for _ in range(n)]
     beams = [Beam(p, (), Trie.ROOT, 0.0) for p in range(n)]
     stats = stats or SearchStats()
@@ -89,31 +97,18 @@ def constrained_beam_search(
     stats.model_seconds += time.perf_counter() - t0
     while beams:
         t0 = time.perf_counter()
-        logp = scorer.step(beams)
+        out = scorer.step(beams)
         t1 = time.perf_counter()
         stats.model_seconds += t1 - t0
         stats.steps += 1
         stats.rows += len(beams)
-        logp = logp.float().cpu()
-        # Gather candidates: for each beam, its allowed children (after exclusion).
-        cand_prompt, cand_beam, cand_tok, cand_node, cand_score = [], [], [], [], []
-        for row, b in enumerate(beams):
-            toks, nodes = trie.allowed_mask_excluding(b.node, banned[b.prompt])
-            if len(toks) == 0:
-                continue
-            s = logp[row, torch.from_numpy(toks.astype(np.int64))].numpy() + b.score
-            cand_prompt.append(np.full(len(toks), b.prompt))
-            cand_beam.append(np.full(len(toks), row))
-            cand_tok.append(toks)
-            cand_node.append(nodes)
-            cand_score.append(s)
-        if not cand_prompt:
+        if isinstance(out, Candidates):
+            cand = _sparse_candidates(out, beams, trie, excl)
+        else:
+            cand = _dense_candidates(out, beams, trie, excl)
+        if cand is None:
             break
-        cp = np.concatenate(cand_prompt)
-        cb = np.concatenate(cand_beam)
-        ct = np.concatenate(cand_tok)
-        cn = np.concatenate(cand_node)
-        cs = np.concatenate(cand_score).astype(np.float64)
+        cp, cb, ct, cn, cs = cand
         # Per prompt: the best num_beams candidates (stable: by score desc, then token id asc).
         order = np.lexsort((ct, -cs, cp))
         cp, cb, ct, cn, cs = cp[order], cb[order], ct[order], cn[order], cs[order]
@@ -150,3 +145,57 @@ def constrained_beam_search(
         best = sorted(finished[p], key=lambda x: (-x[0], x[1]))[:k]
         out.append(Ranked([i for _, i in best], [s for s, _ in best]))
     return out
+
+
+def _dense_candidates(logp: torch.Tensor, beams: Sequence[Beam], trie: Trie, excl: Sequence[Exclusion]):
+    """``(prompt, beam row, token, node, score)`` arrays of every live child of every beam."""
+    logp = logp.float().cpu()
+    cand_prompt, cand_beam, cand_tok, cand_node, cand_score = [], [], [], [], []
+    for row, b in enumerate(beams):
+        toks, nodes = excl[b.prompt].live_children(trie, b.node)
+        if len(toks) == 0:
+            continue
+        s = logp[row, torch.from_numpy(toks.astype(np.int64))].numpy() + b.score
+        cand_prompt.append(np.full(len(toks), b.prompt))
+        cand_beam.append(np.full(len(toks), row))
+        cand_tok.append(toks)
+        cand_node.append(nodes)
+        cand_score.append(s)
+    if not cand_prompt:
+        return None
+    return (np.concatenate(cand_prompt), np.concatenate(cand_beam), np.concatenate(cand_tok),
+            np.concatenate(cand_node), np.concatenate(cand_score).astype(np.float64))
+
+
+def _sparse_candidates(c: Candidates, beams: Sequence[Beam], trie: Trie, excl: Sequence[Exclusion]):
+    """The same arrays from a sparse step output: entries mapped to child nodes; anything that is not a live
+    child of its beam's node (or has no finite log-prob, or repeats) is dropped."""
+    rows = np.asarray(c.row, dtype=np.int64)
+    toks = np.asarray(c.token, dtype=np.int64)
+    lps = np.asarray(c.logprob, dtype=np.float32)
+    nodes = np.full(len(rows), -1, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows, toks, lps = rows[order], toks[order], lps[order]
+    bounds = np.searchsorted(rows, np.arange(len(beams) + 1))
+    for r, b in enumerate(beams):
+        lo, hi = bounds[r], bounds[r + 1]
+        if hi > lo:
+            nodes[lo:hi] = children_by_token(trie, b.node, toks[lo:hi])
+            ok = nodes[lo:hi] >= 0
+            if len(excl[b.prompt]) and ok.any():
+                live = excl[b.prompt].is_live(trie, nodes[lo:hi][ok])
+                sub = nodes[lo:hi]
+                idx = np.flatnonzero(ok)[~live]
+                sub[idx] = -1
+    keep = (nodes >= 0) & np.isfinite(lps)
+    rows, toks, lps, nodes = rows[keep], toks[keep], lps[keep], nodes[keep]
+    if len(rows) == 0:
+        return None
+    # one entry per (beam, child): an engine may list a token twice (e.g. the sampled one)
+    _, first = np.unique(rows * (int(trie.num_nodes) + 1) + nodes, return_index=True)
+    rows, toks, lps, nodes = rows[first], toks[first], lps[first], nodes[first]
+    # same arithmetic as the dense path: float32 log-prob + the beam's score (as float32), then float64
+    base = np.asarray([b.score for b in beams], dtype=np.float32)
+    prompts = np.asarray([b.prompt for b in beams], dtype=np.int64)
+    scores = (lps + base[rows]).astype(np.float64)
+    return prompts[rows], rows, toks, nodes, scores

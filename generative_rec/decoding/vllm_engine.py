@@ -2,21 +2,33 @@
 
 The beam search itself is ``decoding.beam.constrained_beam_search`` — the same code the HF decoder runs —
 so the two engines cannot disagree about the algorithm, only about log-probabilities. vLLM's own beam
-search ignores custom logits processors, so this module only asks vLLM for what the search needs:
+search ignores custom logits processors, so this module only asks vLLM for what the search needs.
 
-One *scoring request* per live beam per step: prompt = ``prompt + beam.tokens``, ``max_tokens=1``,
-``logprob_token_ids = the trie children of the beam's node``. With the default ``logprobs_mode``
-(``raw_logprobs``) vLLM gathers those ids from the full-vocabulary ``log_softmax`` of the raw logits —
-exactly the number HF beam search adds up (masking, not renormalising). vLLM caps the list at 128 ids, so a
-node with more children (atomic IDs at the root, large codebooks) is scored by several requests with the
-same prompt; prefix caching makes them cheap. Prefix caching (``block_size=32``) reuses the prompt's KV
-blocks for every beam of every step; continuous batching puts the steps of all concurrent requests into
-the same engine forward passes.
+**One engine request per beam per step, whatever the fan-out.** A *scoring request* has prompt
+``prompt + beam.tokens``, is greedy, and opts in to the trie processor's top-W scoring mode
+(``vllm_xargs.genrec_score``, ``decoding.vllm_processor``): inside the engine the processor rewrites the
+row to the model's full-vocabulary log-softmax on the live (trie-allowed, not excluded) children and
+``-inf`` elsewhere — keeping the rest of the probability mass on one sink token, so the row still sums to
+one — and the engine, running with ``logprobs_mode=processed_logprobs``, returns the ``W+1`` best entries.
+Those are the W best allowed continuations with exactly the log-probabilities HF beam search adds up
+(masking, not renormalising); W is :func:`~generative_rec.decoding.topk.needed_width` (k for atomic IDs,
+the beam width for multi-token IDs), never the fan-out. So
 
-- :class:`LLMScorer` drives an offline ``vllm.LLM`` (one ``generate`` call per step for all prompts);
-  :func:`llm_topk` runs it over many prompts in chunks (``genrec generate``).
-- :class:`AsyncEngineScorer` drives an ``AsyncLLM`` / engine client (the server); :class:`AsyncTopK`
-  runs the synchronous search in a worker thread whose ``step`` awaits the engine on the event loop.
+- single-token (atomic) IDs: one request, one forward pass per recommendation, top-K straight from the
+  masked distribution (the search takes one step and stops);
+- multi-token IDs: at most ``beams x depth`` requests per recommendation. The prompt is prefilled once by
+  the first request; later requests reuse its KV blocks through prefix caching (32-token blocks). Each
+  request also *looks ahead*: it decodes greedily along the best allowed child to the end of the ID,
+  scoring every position on the way with the KV of the previous one, and the search's next steps take
+  those scores instead of sending new requests (the best child of every beam that keeps any child is
+  always kept). Only the other survivors cost a request, which recomputes the prompt's last partial
+  KV block plus its ID tokens (vLLM caches whole blocks only).
+
+Continuous batching puts the requests of all concurrent recommendations into the same engine steps.
+
+- :func:`llm_topk` drives an offline ``vllm.LLM`` (one ``generate`` call per step for a window of users);
+- :class:`AsyncTopK` drives an ``AsyncLLM`` / engine client (the server): the synchronous search runs in a
+  worker thread whose steps await the engine on the event loop.
 """
 
 from __future__ import annotations
@@ -25,22 +37,19 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from generative_rec.decoding.beam import Beam, Ranked, SearchStats, constrained_beam_search
+from generative_rec.decoding.topk import Candidates, max_width, node_depth
 from generative_rec.trie import Trie
 
-# vLLM's cap on SamplingParams.logprob_token_ids (vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS; a test checks
-# it). Not imported here: importing vLLM takes seconds and this module is imported by the CLI.
-MAX_IDS_PER_REQUEST = 128
-
 DEFAULT_BLOCK_SIZE = 32
+DEFAULT_MAX_LOGPROBS = 512  # the widest top-W a request may ask for, plus one (the sink)
 
 
 # --------------------------------------------------------------------------- engine configuration
@@ -59,6 +68,7 @@ class EngineOptions:
     base_model: str | None = None  # with enable_lora: the base the adapter was trained on
     seed: int = 0
     max_num_seqs: int | None = None
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS  # >= the widest top-W (num_beams + k) plus one
 
 
 def is_cpu_build() -> bool:
@@ -109,13 +119,13 @@ def adapter_rank(bundle) -> int:
 
 def llm_kwargs(bundle, opts: EngineOptions) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM`` for a bundle (the server passes the same as CLI flags)."""
-    from generative_rec.decoding.vllm_processor import FQCN
+    from generative_rec.decoding.vllm_processor import FQCN, LOGPROBS_MODE
 
     kw: dict[str, Any] = dict(
         model=base_model_for(bundle, opts), tokenizer=str(bundle.model_dir), dtype=opts.dtype,
         max_model_len=opts.max_model_len, enable_prefix_caching=True, block_size=opts.block_size,
         enforce_eager=opts.enforce_eager, seed=opts.seed, tensor_parallel_size=opts.tensor_parallel_size,
-        logits_processors=[FQCN],
+        logits_processors=[FQCN], logprobs_mode=LOGPROBS_MODE, max_logprobs=opts.max_logprobs,
     )
     if opts.max_num_seqs:
         kw["max_num_seqs"] = opts.max_num_seqs
@@ -152,95 +162,159 @@ def close_llm(llm) -> None:
         core.shutdown()
 
 
+# --------------------------------------------------------------------------- engine checks
+def check_engine(model_config, width: int) -> None:
+    """Refuse an engine that cannot serve top-W scoring requests of ``width`` (ConfigError says why)."""
+    from generative_rec.decoding.vllm_processor import LOGPROBS_MODE
+    from generative_rec.errors import ConfigError
+
+    mode = getattr(model_config, "logprobs_mode", None)
+    if mode != LOGPROBS_MODE:
+        raise ConfigError(f"the vLLM engine runs with logprobs_mode={mode!r}; trie-constrained top-K needs "
+                          f"{LOGPROBS_MODE!r} (genrec serve / open_llm set it)")
+    cap = getattr(model_config, "max_logprobs", None)
+    if cap is not None and cap != -1 and cap < width + 1:
+        raise ConfigError(f"top-{width} scoring needs the engine's max_logprobs >= {width + 1} (it is {cap}); "
+                          "raise --max-logprobs or lower k / num_beams")
+
+
+def model_config_of(engine):
+    """The ``ModelConfig`` of an offline ``vllm.LLM`` or an async engine client."""
+    cfg = getattr(engine, "model_config", None)
+    if cfg is None:
+        cfg = engine.llm_engine.model_config
+    return cfg
+
+
 # --------------------------------------------------------------------------- scoring requests
-def scoring_params(token_ids: Sequence[int]):
-    """One scoring request: raw full-vocabulary log-probs of ``token_ids`` after the prompt."""
+def scoring_params(width: int, prefix: Sequence[int], exclude: list[str] | None, max_tokens: int = 1):
+    """A top-``width`` scoring request after the ID tokens ``prefix`` (``max_tokens > 1``: look ahead)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    return SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[int(t) for t in token_ids],
-                          flat_logprobs=True, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
+    from generative_rec.decoding.vllm_processor import scoring_args
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=width + 1, flat_logprobs=True,
+                          detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
+                          extra_args=scoring_args(prefix, exclude))
 
 
-def plan_step(prompts: Sequence[Sequence[int]], beams: Sequence[Beam], trie: Trie,
-              limit: int = MAX_IDS_PER_REQUEST) -> list[tuple[int, list[int], np.ndarray]]:
-    """``(beam row, prompt token ids, tokens to score)`` for every scoring request of one step."""
+def read_positions(request_output) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
+    """Generated tokens and, per generated position, the returned ``(token ids, log-probs)``."""
+    o = request_output.outputs[0]
+    lp = o.logprobs
     out = []
-    for row, b in enumerate(beams):
-        kids = trie.allowed(b.node)
-        if len(kids) == 0:
-            continue
-        ids = list(prompts[b.prompt]) + list(b.tokens)
-        for lo in range(0, len(kids), limit):
-            out.append((row, ids, kids[lo: lo + limit]))
-    return out
-
-
-def read_logprobs(request_output) -> tuple[list[int], list[float]]:
-    """Token ids and log-probs of a finished scoring request (first generated position)."""
-    lp = request_output.outputs[0].logprobs
     if hasattr(lp, "start_indices"):  # FlatLogprobs
-        lo, hi = lp.start_indices[0], lp.end_indices[0]
-        return lp.token_ids[lo:hi], lp.logprobs[lo:hi]
-    d = lp[0]
-    return list(d.keys()), [v.logprob for v in d.values()]
+        tids, vals = np.asarray(lp.token_ids, dtype=np.int64), np.asarray(lp.logprobs, dtype=np.float32)
+        for lo, hi in zip(lp.start_indices, lp.end_indices, strict=True):
+            out.append((tids[lo:hi], vals[lo:hi]))
+    else:
+        for d in lp or []:
+            out.append((np.fromiter(d.keys(), dtype=np.int64, count=len(d)),
+                        np.asarray([v.logprob for v in d.values()], dtype=np.float32)))
+    return list(o.token_ids), out
 
 
-def scatter(n_rows: int, width: int, plan, results) -> torch.Tensor:
-    """Dense ``[n_rows, width]`` log-probs: the scored tokens, ``-inf`` elsewhere (never read)."""
-    out = torch.full((n_rows, width), -float("inf"), dtype=torch.float32)
-    rows: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
-    for (row, _ids, _toks), (tids, lps) in zip(plan, results, strict=True):
-        rows += [row] * len(tids)
-        cols += tids
-        vals += lps
-    if rows:
-        keep = [j for j, c in enumerate(cols) if c < width]
-        out[torch.tensor([rows[j] for j in keep]), torch.tensor([cols[j] for j in keep])] = torch.tensor(
-            [vals[j] for j in keep], dtype=torch.float32)
-    return out
+Run = Callable[[list[tuple[list[int], Any]]], list[Any]]  # [(prompt ids, SamplingParams)] -> RequestOutputs
 
 
-def score_width(trie: Trie) -> int:
-    """Columns the dense step output needs: one past the largest token id in the trie."""
-    return int(trie.token[1:].max()) + 1
+class EngineScorer:
+    """:class:`~generative_rec.decoding.beam.Scorer` over a vLLM engine: sparse top-W steps.
 
+    ``run`` sends a step's scoring requests to the engine and returns their final outputs in order (offline:
+    one ``LLM.generate``; server: the async engine through the event loop). Each beam whose prefix no earlier
+    request has scored gets one request; what a request scored along its greedy look-ahead path is kept for
+    the following steps. ``exclude``: catalogue rows per prompt (masked inside the engine; ``item_ids`` maps
+    them to the catalogue ids the processor takes).
+    """
 
-# --------------------------------------------------------------------------- offline (vllm.LLM)
-class LLMScorer:
-    """:class:`~generative_rec.decoding.beam.Scorer` over an offline ``vllm.LLM``: one ``generate`` per step."""
-
-    def __init__(self, llm, trie: Trie, lora_request=None):
-        self.llm, self.trie, self.lora_request = llm, trie, lora_request
-        self.width = score_width(trie)
+    def __init__(self, run: Run, trie: Trie, item_ids: Sequence[str], k: int, num_beams: int | None = None,
+                 exclude: Sequence[Iterable[int] | None] | None = None, lookahead: bool = True):
+        self.run, self.trie, self.item_ids = run, trie, item_ids
+        self.k, self.num_beams = k, max(k, num_beams or k)
+        self.width = max_width(trie, self.k, self.num_beams)
+        self.exclude = [None if e is None else sorted({int(x) for x in e}) for e in (exclude or [])]
+        self.lookahead = lookahead
         self.requests = 0
+        self.positions = 0
 
     def start(self, prompts: Sequence[Sequence[int]]) -> None:
         self.prompts = [list(p) for p in prompts]
+        if len(self.exclude) < len(self.prompts):
+            self.exclude += [None] * (len(self.prompts) - len(self.exclude))
+        self.ids = [[self.item_ids[r] for r in e] if e else None for e in self.exclude]
+        self.scored: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
 
-    def step(self, beams: Sequence[Beam]) -> torch.Tensor:
-        from vllm.inputs import TokensPrompt
+    def params_for(self, beam: Beam):
+        depth = node_depth(self.trie, beam.node)
+        ahead = self.trie.max_depth - depth if self.lookahead else 1
+        return scoring_params(self.width, beam.tokens, self.ids[beam.prompt], max(1, ahead))
 
-        plan = plan_step(self.prompts, beams, self.trie)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids, _ in plan],
-                                 [scoring_params(toks) for _, _, toks in plan], use_tqdm=False,
-                                 lora_request=self.lora_request)
-        self.requests += len(plan)
-        return scatter(len(beams), self.width, plan, [read_logprobs(o) for o in outs])
+    def step(self, beams: Sequence[Beam]) -> Candidates:
+        todo = [r for r, b in enumerate(beams) if (b.prompt, b.tokens) not in self.scored]
+        if todo:
+            outs = self.run([(self.prompts[beams[r].prompt] + list(beams[r].tokens), self.params_for(beams[r]))
+                             for r in todo])
+            self.requests += len(todo)
+            for r, out in zip(todo, outs, strict=True):
+                self._keep(beams[r], out)
+        parts = []
+        for r, b in enumerate(beams):
+            toks, lps = self.scored.pop((b.prompt, b.tokens))
+            parts.append((r, toks, lps))
+        return Candidates.concat(parts)
+
+    def _keep(self, beam: Beam, out) -> None:
+        """Store the scores of every position the request reached while still inside an unfinished ID."""
+        generated, positions = read_positions(out)
+        prefix, node = beam.tokens, beam.node
+        for j, (toks, lps) in enumerate(positions):
+            self.scored[(beam.prompt, prefix)] = (toks, lps)
+            self.positions += 1
+            if j >= len(generated):
+                break
+            node = self.trie.child(node, int(generated[j]))
+            if node < 0 or self.trie.is_leaf(node):
+                break
+            prefix = prefix + (int(generated[j]),)
+        if (beam.prompt, beam.tokens) not in self.scored:  # an engine that returned nothing for the request
+            self.scored[(beam.prompt, beam.tokens)] = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def search_topk(scorer: EngineScorer, prompts: Sequence[Sequence[int]], trie: Trie, k: int,
+                num_beams: int | None, exclude, stats: SearchStats | None) -> list[Ranked]:
+    """The beam search over an :class:`EngineScorer`; its request counts go into ``stats.extra``."""
+    stats = stats if stats is not None else SearchStats()
+    try:
+        return constrained_beam_search(scorer, prompts, trie, k, num_beams, exclude, stats=stats)
+    finally:
+        stats.extra["requests"] = stats.extra.get("requests", 0) + scorer.requests
+        stats.extra["positions"] = stats.extra.get("positions", 0) + scorer.positions
+
+
+# --------------------------------------------------------------------------- offline (vllm.LLM)
+def llm_run(llm, lora_request=None) -> Run:
+    """``run`` for an offline ``vllm.LLM``: one ``generate`` call for a step's requests."""
+    from vllm.inputs import TokensPrompt
+
+    def run(reqs):
+        return llm.generate([TokensPrompt(prompt_token_ids=ids) for ids, _ in reqs], [p for _, p in reqs],
+                            use_tqdm=False, lora_request=lora_request)
+
+    return run
 
 
 def llm_topk(llm, trie: Trie, prompts: Sequence[Sequence[int]], k: int, num_beams: int | None = None,
              exclude: Sequence[Iterable[int] | None] | None = None, batch_size: int = 64, lora_request=None,
-             stats: SearchStats | None = None) -> list[Ranked]:
+             stats: SearchStats | None = None, *, item_ids: Sequence[str], lookahead: bool = True) -> list[Ranked]:
     """Top-``k`` per prompt through an offline ``vllm.LLM``, ``batch_size`` prompts per beam search."""
+    check_engine(model_config_of(llm), max_width(trie, k, max(k, num_beams or k)))
     out: list[Ranked] = []
     excl = list(exclude) if exclude is not None else [None] * len(prompts)
+    run = llm_run(llm, lora_request)
     for lo in range(0, len(prompts), batch_size):
-        scorer = LLMScorer(llm, trie, lora_request)
-        out += constrained_beam_search(scorer, prompts[lo: lo + batch_size], trie, k, num_beams,
-                                       excl[lo: lo + batch_size], stats=stats)
+        scorer = EngineScorer(run, trie, item_ids, k, num_beams, excl[lo: lo + batch_size], lookahead)
+        out += search_topk(scorer, prompts[lo: lo + batch_size], trie, k, num_beams, excl[lo: lo + batch_size], stats)
     return out
 
 
@@ -253,59 +327,6 @@ def next_request_id(kind: str = "score") -> str:
     return f"genrec-{kind}-{os.getpid()}-{next(_ids)}"
 
 
-class AsyncEngineScorer:
-    """Scores one step's beams through an async engine client; all requests go in concurrently."""
-
-    def __init__(self, engine, trie: Trie, lora_request=None):
-        self.engine, self.trie, self.lora_request = engine, trie, lora_request
-        self.width = score_width(trie)
-
-    async def _one(self, ids: list[int], toks: np.ndarray) -> tuple[list[int], list[float]]:
-        from vllm.inputs import TokensPrompt
-
-        final = None
-        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), scoring_params(toks),
-                                              next_request_id(),
-                                              lora_request=self.lora_request):
-            final = out  # FINAL_ONLY: a single output
-        return read_logprobs(final)
-
-    async def run(self, plan) -> list[tuple[list[int], list[float]]]:
-        """Submit a step's scoring requests (``plan_step`` output) together; their results in order."""
-        return await asyncio.gather(*(self._one(ids, toks) for _, ids, toks in plan))
-
-    async def score(self, prompts: Sequence[Sequence[int]], beams: Sequence[Beam]) -> torch.Tensor:
-        plan = plan_step(prompts, beams, self.trie)
-        return scatter(len(beams), self.width, plan, await self.run(plan))
-
-
-class _BridgeScorer:
-    """The synchronous Scorer the search thread sees; each step waits for the event loop's engine calls.
-
-    Trie work done here (planning the scoring requests, scattering their results) is added to
-    ``stats.extra["trie_s"]``; the search adds its own candidate selection to ``stats.mask_seconds``.
-    """
-
-    def __init__(self, inner: AsyncEngineScorer, loop: asyncio.AbstractEventLoop, stats: SearchStats):
-        self.inner, self.loop, self.stats = inner, loop, stats
-        stats.extra.setdefault("trie_s", 0.0)
-        stats.extra.setdefault("requests", 0)
-
-    def start(self, prompts: Sequence[Sequence[int]]) -> None:
-        self.prompts = [list(p) for p in prompts]
-
-    def step(self, beams: Sequence[Beam]) -> torch.Tensor:
-        t0 = time.perf_counter()
-        plan = plan_step(self.prompts, beams, self.inner.trie)
-        t1 = time.perf_counter()
-        results = asyncio.run_coroutine_threadsafe(self.inner.run(plan), self.loop).result()
-        t2 = time.perf_counter()
-        out = scatter(len(beams), self.inner.width, plan, results)
-        self.stats.extra["trie_s"] += (t1 - t0) + (time.perf_counter() - t2)
-        self.stats.extra["requests"] += len(plan)
-        return out
-
-
 class AsyncTopK:
     """Constrained top-K from async code (the server), sharing one engine with everything else.
 
@@ -314,19 +335,45 @@ class AsyncTopK:
     thus feed the engine's continuous batching together. ``max_concurrency`` bounds the worker threads.
     """
 
-    def __init__(self, engine, trie: Trie, lora_request=None, max_concurrency: int = 64):
-        self.scorer = AsyncEngineScorer(engine, trie, lora_request)
-        self.trie = trie
+    def __init__(self, engine, trie: Trie, item_ids: Sequence[str], lora_request=None, max_concurrency: int = 64,
+                 lookahead: bool = True):
+        self.engine, self.trie, self.item_ids, self.lora_request = engine, trie, item_ids, lora_request
+        self.lookahead = lookahead
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="genrec-beam")
+
+    def check(self, max_k: int, max_beams: int) -> None:
+        """Fail at start-up, not at the first request, if the engine cannot score that wide."""
+        check_engine(model_config_of(self.engine), max_width(self.trie, max_k, max(max_k, max_beams)))
+
+    async def _one(self, ids: list[int], params) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params, next_request_id(),
+                                              lora_request=self.lora_request):
+            final = out  # FINAL_ONLY: a single output
+        return final
+
+    async def _all(self, reqs) -> list[Any]:
+        return list(await asyncio.gather(*(self._one(ids, p) for ids, p in reqs)))
 
     async def topk(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int | None = None,
                    exclude: Sequence[Iterable[int] | None] | None = None,
                    stats: SearchStats | None = None) -> list[Ranked]:
         loop = asyncio.get_running_loop()
         stats = stats if stats is not None else SearchStats()
-        bridge = _BridgeScorer(self.scorer, loop, stats)
-        return await loop.run_in_executor(self.pool, constrained_beam_search, bridge, prompts, self.trie, k,
-                                          num_beams, exclude, stats)
+        stats.extra.setdefault("engine_s", 0.0)
+
+        def run(reqs):  # called from the search thread: wait for the event loop's engine calls
+            t0 = time.perf_counter()
+            try:
+                return asyncio.run_coroutine_threadsafe(self._all(reqs), loop).result()
+            finally:
+                stats.extra["engine_s"] += time.perf_counter() - t0
+
+        scorer = EngineScorer(run, self.trie, self.item_ids, k, num_beams, exclude, self.lookahead)
+        return await loop.run_in_executor(self.pool, search_topk, scorer, prompts, self.trie, k, num_beams,
+                                          exclude, stats)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,21 +1,34 @@
-"""The trie as a vLLM logits processor: constrained ``/v1/completions`` (and ``LLM.generate``) output.
+"""The trie as a vLLM logits processor: constrained completions, and top-W scoring inside the engine.
 
 A thin adapter between :class:`generative_rec.trie.Trie` and vLLM's batch-level logits-processor interface
 (``vllm.v1.sample.logits_processor.LogitsProcessor``, the V1 model runner's). It is registered once per
 engine (``LLM(..., logits_processors=[FQCN])`` or ``--logits-processors FQCN``) and is inert for every
 request that does not ask for it. A request opts in through ``SamplingParams.extra_args`` — sent over HTTP
-as ``"vllm_xargs"`` in the completion body:
+as ``"vllm_xargs"`` in the completion body — in one of two modes.
 
-``genrec_constrained``  (1 / true)  constrain the generated tokens to walk the trie from the root: the
-                        completion is exactly one catalogue item ID, then EOS (forced once the ID is
-                        complete, so the completion stops there). Greedy and sampled completions alike.
-``genrec_exclude``      (list of catalogue item ids, optional) items the completion must not produce.
+**Constrained completion** (``genrec_constrained``: 1 / true): the generated tokens walk the trie from the
+root; the completion is exactly one catalogue item ID, then EOS (forced once the ID is complete, so the
+completion stops there). Greedy and sampled completions alike. Masking keeps the model's logits for allowed
+tokens and sets every other token to ``-inf``. ``min_tokens`` and ``ignore_eos`` are refused.
 
-The prompt must end where an item ID begins (for the bundle's inference template: ``Bundle.prompt_ids``);
-``max_tokens`` must leave room for the longest ID plus EOS (``trie.max_depth + 1``); ``min_tokens`` and
-``ignore_eos`` are refused.
-Masking keeps the model's logits for allowed tokens and sets every other token to ``-inf``; the scores
-of the constrained beam search do not come from here (see ``decoding.vllm_engine``).
+**Top-W scoring** (``genrec_score``: 1 / true; what ``POST /v1/recommendations`` and ``genrec generate``
+send): the row of each generated position is rewritten to the model's *full-vocabulary* log-softmax on the
+trie's live children of the current node, ``-inf`` on every other token but one *sink* token (a token no ID
+uses), which gets the log of the remaining probability mass. The row then already sums to 1, so the engine's
+``processed_logprobs`` (``--logprobs-mode processed_logprobs``, which ``genrec serve`` and ``open_llm`` set)
+returns these values unchanged: with ``logprobs=W+1`` the engine hands back the W best allowed children with
+exactly the log-probabilities HF beam search adds up (masking, not renormalising), whatever the fan-out —
+one engine request instead of ``ceil(children / 128)`` ``logprob_token_ids`` requests. Greedy decoding then
+follows the best allowed child (unless the sink holds more mass than it), so a request with
+``max_tokens > 1`` also scores the next positions along that path; once the ID is complete, or the path left
+the trie through the sink, EOS is forced and the request stops.
+
+  ``genrec_prefix``  (list of token ids, default ``[]``) the ID tokens already chosen; the prompt ends with them
+  Scoring requests must be greedy (``temperature=0``) without penalties, ``logit_bias``, ``bad_words``,
+  ``allowed_token_ids``, ``min_tokens`` or ``ignore_eos`` (each would change the row after this processor).
+
+Both modes: ``genrec_exclude`` (list of catalogue item ids, optional) items that must not be produced.
+The prompt must end where an item ID begins (for the bundle's inference template: ``Bundle.prompt_ids``).
 
 The processor finds the bundle through the ``GENREC_BUNDLE`` environment variable (the launcher sets it),
 or else as the parent of the served model folder (a bundle's ``model/``).
@@ -27,6 +40,7 @@ the only one.
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -38,14 +52,22 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+from generative_rec.decoding.topk import Exclusion
+
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
 KEY_CONSTRAINED = "genrec_constrained"
 KEY_EXCLUDE = "genrec_exclude"
+KEY_SCORE = "genrec_score"
+KEY_PREFIX = "genrec_prefix"
+LOGPROBS_MODE = "processed_logprobs"  # the engine-wide mode scoring requests need
 ENV_BUNDLE = "GENREC_BUNDLE"
 FQCN = "generative_rec.decoding.vllm_processor:TrieLogitsProcessor"
 MAX_EXCLUDE = 10_000
+MAX_PREFIX = 64
+
+log = logging.getLogger(__name__)
 
 
 def bundle_path_for(model_dir: str | None = None) -> Path | None:
@@ -76,13 +98,21 @@ def load_spec(path: str) -> TrieSpec:
     return TrieSpec(Path(path))
 
 
-def is_constrained(extra_args: dict | None) -> bool:
+def _flag(extra_args: dict | None, key: str) -> bool:
     if not extra_args:
         return False
-    v = extra_args.get(KEY_CONSTRAINED)
+    v = extra_args.get(key)
     if isinstance(v, str):
         return v.strip().lower() in ("1", "true", "yes")
     return bool(v)
+
+
+def is_constrained(extra_args: dict | None) -> bool:
+    return _flag(extra_args, KEY_CONSTRAINED)
+
+
+def is_scoring(extra_args: dict | None) -> bool:
+    return _flag(extra_args, KEY_SCORE)
 
 
 def parse_exclude(extra_args: dict | None, spec: TrieSpec) -> list[int]:
@@ -107,81 +137,197 @@ def parse_exclude(extra_args: dict | None, spec: TrieSpec) -> list[int]:
     return rows
 
 
+def parse_prefix(extra_args: dict | None, spec: TrieSpec) -> tuple[list[int], int]:
+    """``genrec_prefix`` and the trie node it leads to; ValueError unless it is the start of an ID."""
+    raw = (extra_args or {}).get(KEY_PREFIX, [])
+    if not isinstance(raw, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
+        raise ValueError(f"vllm_xargs.{KEY_PREFIX} must be a list of token ids")
+    if len(raw) > MAX_PREFIX:
+        raise ValueError(f"vllm_xargs.{KEY_PREFIX} has {len(raw)} tokens; at most {MAX_PREFIX}")
+    node = spec.trie.walk(raw)
+    if node < 0 or spec.trie.is_leaf(node):
+        raise ValueError(f"vllm_xargs.{KEY_PREFIX} {raw} is not the start of an unfinished item ID")
+    return list(raw), node
+
+
+def check_scoring_params(params: SamplingParams) -> None:
+    """A scoring request's row must reach the sampler as this processor leaves it."""
+    bad = []
+    if params.temperature >= 1e-5:
+        bad.append("temperature must be 0")
+    if params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0:
+        bad.append("no presence/frequency/repetition penalty")
+    if params.logit_bias or params.allowed_token_ids or params.bad_words:
+        bad.append("no logit_bias, allowed_token_ids or bad_words")
+    if params.min_tokens or params.ignore_eos:
+        bad.append("no min_tokens or ignore_eos")
+    if bad:
+        raise ValueError(f"vllm_xargs.{KEY_SCORE}: " + "; ".join(bad))
+
+
 class _Row:
-    """Per-request state: the live output-token list (a reference), how much of it the trie has seen."""
+    """Per-request state: the live output-token list (a reference), how much of it the trie has seen.
 
-    __slots__ = ("out", "seen", "node", "banned")
+    ``score``: top-W scoring (write full-vocabulary log-probs) rather than constrained sampling (mask)."""
 
-    def __init__(self, out: list[int], banned: dict[int, int] | None):
-        self.out, self.seen, self.node, self.banned = out, 0, 0, banned
+    __slots__ = ("out", "seen", "node", "excl", "score")
+
+    def __init__(self, out: list[int], excl: Exclusion, node: int = 0, score: bool = False):
+        self.out, self.seen, self.node, self.excl, self.score = out, 0, node, excl, score
+
+    def live(self, trie) -> np.ndarray:
+        """Tokens allowed at the next position (empty once the ID is complete or the path left the trie)."""
+        while self.seen < len(self.out) and self.node >= 0:  # advance by the tokens generated since last step
+            self.node = trie.child(self.node, int(self.out[self.seen]))  # -1 past a leaf (EOS) or off the trie
+            self.seen += 1
+        if self.node < 0:
+            return trie.token[:0]
+        return self.excl.live_children(trie, self.node)[0]
 
 
 class TrieLogitsProcessor(LogitsProcessor):
-    """Restricts opted-in requests to one catalogue item ID followed by EOS (see the module docstring)."""
+    """Constrained completions and top-W scoring rows (see the module docstring)."""
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
-        model = getattr(getattr(vllm_config, "model_config", None), "model", None)
-        path = bundle_path_for(model)
+        model_config = getattr(vllm_config, "model_config", None)
+        path = bundle_path_for(getattr(model_config, "model", None))
         self.spec = load_spec(str(path)) if path is not None else None
+        self.logprobs_mode = getattr(model_config, "logprobs_mode", None)
+        if self.spec is not None and self.logprobs_mode != LOGPROBS_MODE:
+            log.warning("genrec: the engine runs with logprobs_mode=%s; %s requests need %s (their log-probs "
+                        "would be renormalised)", self.logprobs_mode, KEY_SCORE, LOGPROBS_MODE)
         self.device = device
         self.rows: dict[int, _Row] = {}
+        self.sink: int | None = None
+        self._exclusions: dict[tuple[int, ...], Exclusion] = {}
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:
-        if not is_constrained(params.extra_args):
-            if params.extra_args and KEY_EXCLUDE in params.extra_args:
-                raise ValueError(f"vllm_xargs.{KEY_EXCLUDE} needs vllm_xargs.{KEY_CONSTRAINED}: 1")
+        constrained, scoring = is_constrained(params.extra_args), is_scoring(params.extra_args)
+        if not (constrained or scoring):
+            for key in (KEY_EXCLUDE, KEY_PREFIX):
+                if params.extra_args and key in params.extra_args:
+                    raise ValueError(f"vllm_xargs.{key} needs vllm_xargs.{KEY_CONSTRAINED}: 1 or {KEY_SCORE}: 1")
             return
-        if params.min_tokens or params.ignore_eos:
+        if constrained and scoring:
+            raise ValueError(f"vllm_xargs: {KEY_CONSTRAINED} and {KEY_SCORE} cannot be combined")
+        if constrained and (params.min_tokens or params.ignore_eos):
             raise ValueError("min_tokens and ignore_eos cannot be combined with vllm_xargs.genrec_constrained "
                              "(the completion ends with EOS right after the item ID)")
+        if constrained and params.extra_args and KEY_PREFIX in params.extra_args:
+            raise ValueError(f"vllm_xargs.{KEY_PREFIX} needs vllm_xargs.{KEY_SCORE}: 1")
+        if scoring:
+            check_scoring_params(params)
         path = bundle_path_for(None)
         if path is None:
             raise ValueError("constrained decoding needs the server to be started by `genrec serve` "
                              f"(no bundle: set {ENV_BUNDLE})")
-        parse_exclude(params.extra_args, load_spec(str(path)))
+        spec = load_spec(str(path))
+        parse_exclude(params.extra_args, spec)
+        if scoring:
+            parse_prefix(params.extra_args, spec)
 
     def is_argmax_invariant(self) -> bool:
         return False
 
+    def _exclusion(self, rows: list[int]) -> Exclusion:
+        key = tuple(rows)
+        ex = self._exclusions.get(key)
+        if ex is None:
+            if len(self._exclusions) > 4096:
+                self._exclusions.clear()
+            ex = self._exclusions[key] = Exclusion.from_items(self.spec.trie, rows)
+        return ex
+
     def _new_row(self, params: SamplingParams, _prompt: list[int] | None, out: list[int]) -> _Row | None:
-        if not is_constrained(params.extra_args):
+        scoring = is_scoring(params.extra_args)
+        if not (scoring or is_constrained(params.extra_args)):
             return None
         if self.spec is None:
             raise ValueError(f"constrained decoding requested but no bundle was found (set {ENV_BUNDLE})")
-        rows = parse_exclude(params.extra_args, self.spec)
-        return _Row(out, self.spec.trie.exclusion(rows) if rows else None)
+        excl = self._exclusion(parse_exclude(params.extra_args, self.spec))
+        node = parse_prefix(params.extra_args, self.spec)[1] if scoring else 0
+        return _Row(out, excl, node, scoring)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.rows, batch_update, self._new_row)
+
+    def _sink(self, vocab: int) -> int:
+        """A column no ID uses and that is not EOS: it holds the probability mass of the masked tokens."""
+        if self.sink is None:
+            used = np.zeros(vocab, dtype=bool)
+            toks = self.spec.trie.token[1:]
+            used[toks[toks < vocab]] = True
+            if 0 <= self.spec.eos < vocab:
+                used[self.spec.eos] = True
+            free = np.flatnonzero(~used)
+            if len(free) == 0:
+                raise RuntimeError("every token of the vocabulary is used by the item IDs: no sink token left")
+            self.sink = int(free[0])
+        return self.sink
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
         trie, eos = self.spec.trie, self.spec.eos
-        touched: list[int] = []
+        keep_rows: list[int] = []
         keep_cols: list[np.ndarray] = []
+        score_rows: list[int] = []
+        score_cols: list[np.ndarray] = []
+        eos_rows: list[int] = []
         for idx, r in self.rows.items():
-            while r.seen < len(r.out) and r.node >= 0:  # advance by the tokens generated since last step
-                r.node = trie.child(r.node, int(r.out[r.seen]))  # -1 past a leaf (EOS) or off the trie
-                r.seen += 1
-            cols = trie.allowed_excluding(r.node, r.banned) if r.node >= 0 else ()
+            cols = r.live(trie)
             if len(cols) == 0:  # a complete ID (or nothing left): only EOS, so the completion stops
-                cols = (eos,)
-            touched.append(idx)
-            keep_cols.append(np.asarray(cols, dtype=np.int64))
+                eos_rows.append(idx)
+            elif r.score:
+                score_rows.append(idx)
+                score_cols.append(np.asarray(cols, dtype=np.int64))
+            else:
+                keep_rows.append(idx)
+                keep_cols.append(np.asarray(cols, dtype=np.int64))
         dev = logits.device
-        rows = torch.from_numpy(np.repeat(np.asarray(touched, dtype=np.int64), [len(c) for c in keep_cols])).to(dev)
-        cols = torch.from_numpy(np.concatenate(keep_cols)).to(dev)
-        keep = logits[rows, cols]  # the allowed tokens' logits, kept as they are
-        logits.index_fill_(0, torch.as_tensor(touched, dtype=torch.long, device=dev), float("-inf"))
-        logits[rows, cols] = keep
+        if keep_rows:
+            rows = torch.from_numpy(np.repeat(np.asarray(keep_rows, dtype=np.int64), [len(c) for c in keep_cols])).to(dev)
+            cols = torch.from_numpy(np.concatenate(keep_cols)).to(dev)
+            keep = logits[rows, cols]  # the allowed tokens' logits, kept as they are
+            logits.index_fill_(0, torch.as_tensor(keep_rows, dtype=torch.long, device=dev), float("-inf"))
+            logits[rows, cols] = keep
+        if score_rows:
+            self._write_scores(logits, score_rows, score_cols)
+        if eos_rows:
+            idx = torch.as_tensor(eos_rows, dtype=torch.long, device=dev)
+            logits.index_fill_(0, idx, float("-inf"))
+            logits[idx, eos] = 0.0
         return logits
+
+    def _write_scores(self, logits: torch.Tensor, rows: list[int], cols: list[np.ndarray]) -> None:
+        """Rows := full-vocabulary log-softmax on the allowed columns, the rest of the mass on the sink."""
+        dev = logits.device
+        idx = torch.as_tensor(rows, dtype=torch.long, device=dev)
+        lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)
+        rr = torch.from_numpy(np.repeat(np.arange(len(rows), dtype=np.int64), [len(c) for c in cols])).to(dev)
+        cc = torch.from_numpy(np.concatenate(cols)).to(dev)
+        allowed = torch.zeros(lp.shape, dtype=torch.bool, device=dev)
+        allowed[rr, cc] = True
+        rest = lp.masked_fill(allowed, float("-inf")).logsumexp(dim=-1)  # log(1 - P(allowed)), stably
+        lp.masked_fill_(~allowed, float("-inf"))
+        lp[:, self._sink(lp.shape[1])] = rest
+        logits.index_copy_(0, idx, lp.to(logits.dtype))
 
 
 def constrained_args(exclude: list[str] | None = None) -> dict[str, Any]:
     """``extra_args`` / ``vllm_xargs`` for a constrained completion (helper for Python callers)."""
     out: dict[str, Any] = {KEY_CONSTRAINED: 1}
+    if exclude:
+        out[KEY_EXCLUDE] = list(exclude)
+    return out
+
+
+def scoring_args(prefix: list[int] | tuple[int, ...] = (), exclude: list[str] | None = None) -> dict[str, Any]:
+    """``extra_args`` / ``vllm_xargs`` of a top-W scoring request after the ID tokens ``prefix``."""
+    out: dict[str, Any] = {KEY_SCORE: 1}
+    if prefix:
+        out[KEY_PREFIX] = [int(t) for t in prefix]
     if exclude:
         out[KEY_EXCLUDE] = list(exclude)
     return out

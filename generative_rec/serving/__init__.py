@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # keep `genrec --help` free of torch / vLLM imports
 
 MAX_HISTORY_ITEMS = 1000  # longest history a request may send (the prompt keeps the last max_history)
 DEFAULT_MAX_K = 100
+MAX_BEAMS = 200  # widest beam a recommendation request may ask for
 
 
 class RequestError(ValueError):

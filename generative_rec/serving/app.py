@@ -22,6 +22,7 @@ from generative_rec.decoding.beam import SearchStats
 from generative_rec.decoding.vllm_engine import AsyncTopK
 from generative_rec.serving import (
     DEFAULT_MAX_K,
+    MAX_BEAMS,
     MAX_HISTORY_ITEMS,
     RequestError,
     has_explanations,
@@ -32,7 +33,6 @@ from generative_rec.serving import (
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_BEAMS = 200
 
 ItemKey = StrictStr | StrictInt
 
@@ -69,10 +69,12 @@ class RecommendedItem(BaseModel):
 class DecodeInfo(BaseModel):
     steps: int = Field(description="Beam-search steps (ID tokens decoded).")
     beams_scored: int = Field(description="Beam rows scored over all steps.")
-    engine_requests: int = Field(description="Scoring requests sent to the engine.")
+    engine_requests: int = Field(description="Scoring requests sent to the engine (one per beam that an earlier "
+                                             "request's look-ahead had not already scored).")
     seconds: float = Field(description="Decoding wall time.")
     engine_seconds: float = Field(description="Time waiting for the engine (shared with concurrent requests).")
-    trie_seconds: float = Field(description="Time in trie work: planning requests, masking, beam selection.")
+    trie_seconds: float = Field(description="Time in trie work outside the engine: building requests, reading "
+                                            "their log-probs, beam selection.")
 
 
 class RecommendationResponse(BaseModel):
@@ -136,7 +138,8 @@ class RecommendationService:
     def __init__(self, bundle, engine, model_name: str, lora_request=None, max_k: int = DEFAULT_MAX_K,
                  max_concurrency: int = 64):
         self.bundle, self.model_name, self.max_k = bundle, model_name, max_k
-        self.topk = AsyncTopK(engine, bundle.trie, lora_request, max_concurrency=max_concurrency)
+        self.topk = AsyncTopK(engine, bundle.trie, bundle.item_ids, lora_request, max_concurrency=max_concurrency)
+        self.topk.check(max_k, MAX_BEAMS)
         self.explainer = make_explainer(bundle, engine, lora_request)
 
     async def recommend(self, req: RecommendationRequest) -> RecommendationResponse:
@@ -167,10 +170,10 @@ class RecommendationService:
 
     @staticmethod
     def _decode_info(stats: SearchStats, seconds: float) -> DecodeInfo:
-        trie = stats.mask_seconds + stats.extra.get("trie_s", 0.0)
+        engine = stats.extra.get("engine_s", 0.0)
+        trie = stats.mask_seconds + max(0.0, stats.model_seconds - engine)
         return DecodeInfo(steps=stats.steps, beams_scored=stats.rows, engine_requests=stats.extra.get("requests", 0),
-                          seconds=round(seconds, 5), engine_seconds=round(stats.model_seconds - stats.extra.get("trie_s", 0.0), 5),
-                          trie_seconds=round(trie, 5))
+                          seconds=round(seconds, 5), engine_seconds=round(engine, 5), trie_seconds=round(trie, 5))
 
     def close(self) -> None:
         self.topk.close()

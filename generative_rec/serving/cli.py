@@ -20,14 +20,18 @@ def add_engine_args(s: argparse.ArgumentParser) -> None:
                         "(only for item indexes that add no tokens)")
     s.add_argument("--base-model", dest="base_model", help="with --enable-lora: the base model folder")
     s.add_argument("--max-lora-rank", dest="max_lora_rank", type=int, default=64)
+    s.add_argument("--max-logprobs", dest="max_logprobs", type=int, default=None,
+                   help="widest top-W a scoring request may ask for, plus one (default 512; serve: at least "
+                        "200 + --max-k; generate: at least what the input's k and num_beams need)")
 
 
 def engine_options(a):
-    from generative_rec.decoding.vllm_engine import EngineOptions
+    from generative_rec.decoding.vllm_engine import DEFAULT_MAX_LOGPROBS, EngineOptions
 
     return EngineOptions(max_model_len=a.max_model_len, kv_cache_gb=a.kv_cache_gb,
                          tensor_parallel_size=a.tensor_parallel_size, dtype=a.dtype, enable_lora=a.enable_lora,
-                         max_lora_rank=a.max_lora_rank, base_model=a.base_model, max_num_seqs=a.max_num_seqs)
+                         max_lora_rank=a.max_lora_rank, base_model=a.base_model, max_num_seqs=a.max_num_seqs,
+                         max_logprobs=a.max_logprobs or DEFAULT_MAX_LOGPROBS)
 
 
 def cmd_serve(a) -> None:

@@ -27,8 +27,8 @@ from generative_rec.decoding.vllm_engine import (
     is_cpu_build,
     prepare_environment,
 )
-from generative_rec.decoding.vllm_processor import ENV_BUNDLE, FQCN
-from generative_rec.serving import DEFAULT_MAX_K
+from generative_rec.decoding.vllm_processor import ENV_BUNDLE, FQCN, LOGPROBS_MODE
+from generative_rec.serving import DEFAULT_MAX_K, MAX_BEAMS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,23 @@ class ServeOptions:
     vllm_args: list[str] = field(default_factory=list)  # passed through to vLLM unchanged
 
 
+def max_logprobs(so: ServeOptions) -> int:
+    """The engine's ``--max-logprobs``: the widest top-W a recommendation may need (``num_beams + k - 1``,
+    ``decoding.topk.needed_width``) plus the sink, and at least the configured default."""
+    return max(so.engine.max_logprobs, MAX_BEAMS + so.max_k)
+
+
+def check_vllm_args(args: Namespace) -> None:
+    """Flags passed through after ``--`` must not undo what the recommendations route relies on."""
+    from generative_rec.errors import ConfigError
+
+    if getattr(args, "logprobs_mode", LOGPROBS_MODE) != LOGPROBS_MODE:
+        raise ConfigError(f"--logprobs-mode {args.logprobs_mode}: genrec serve needs {LOGPROBS_MODE} (top-K "
+                          "scoring reads the trie-masked log-probs from the engine); drop the flag")
+    if getattr(args, "enable_prefix_caching", True) is False:
+        log.warning("prefix caching is off: every scoring request will recompute its whole prompt")
+
+
 def vllm_argv(bundle, so: ServeOptions) -> list[str]:
     """vLLM server flags for a bundle (``python -m vllm.entrypoints.openai.api_server`` accepts the same)."""
     e = so.engine
@@ -55,7 +72,8 @@ def vllm_argv(bundle, so: ServeOptions) -> list[str]:
             "--dtype", e.dtype, "--max-model-len", str(e.max_model_len),
             "--enable-prefix-caching", "--block-size", str(e.block_size),
             "--tensor-parallel-size", str(e.tensor_parallel_size), "--seed", str(e.seed),
-            "--logits-processors", FQCN, "--host", so.host, "--port", str(so.port),
+            "--logits-processors", FQCN, "--logprobs-mode", LOGPROBS_MODE, "--max-logprobs", str(max_logprobs(so)),
+            "--host", so.host, "--port", str(so.port),
             "--disable-uvicorn-access-log"]
     if e.enforce_eager:
         argv.append("--enforce-eager")
@@ -143,4 +161,5 @@ def serve(so: ServeOptions) -> None:
 
     cli_env_setup()
     args = parse_vllm_args(vllm_argv(bundle, so))
+    check_vllm_args(args)
     uvloop.run(run_server(bundle, so, args))
