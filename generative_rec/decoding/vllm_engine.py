@@ -49,7 +49,7 @@ from generative_rec.decoding.topk import Candidates, max_width, node_depth
 from generative_rec.trie import Trie
 
 DEFAULT_BLOCK_SIZE = 32
-DEFAULT_MAX_LOGPROBS = 512  # the widest top-W a request may ask for, plus one (the sink)
+DEFAULT_MAX_LOGPROBS = 512  # the widest top-W a request may ask for, plus the sinks (vllm_processor.MAX_SINKS)
 
 
 # --------------------------------------------------------------------------- engine configuration
@@ -68,7 +68,7 @@ class EngineOptions:
     base_model: str | None = None  # with enable_lora: the base the adapter was trained on
     seed: int = 0
     max_num_seqs: int | None = None
-    max_logprobs: int = DEFAULT_MAX_LOGPROBS  # >= the widest top-W (num_beams + k) plus one
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS  # >= the widest top-W (num_beams + k - 1) plus MAX_SINKS
 
 
 def is_cpu_build() -> bool:
@@ -165,7 +165,7 @@ def close_llm(llm) -> None:
 # --------------------------------------------------------------------------- engine checks
 def check_engine(model_config, width: int) -> None:
     """Refuse an engine that cannot serve top-W scoring requests of ``width`` (ConfigError says why)."""
-    from generative_rec.decoding.vllm_processor import LOGPROBS_MODE
+    from generative_rec.decoding.vllm_processor import LOGPROBS_MODE, MAX_SINKS
     from generative_rec.errors import ConfigError
 
     mode = getattr(model_config, "logprobs_mode", None)
@@ -173,8 +173,8 @@ def check_engine(model_config, width: int) -> None:
         raise ConfigError(f"the vLLM engine runs with logprobs_mode={mode!r}; trie-constrained top-K needs "
                           f"{LOGPROBS_MODE!r} (genrec serve / open_llm set it)")
     cap = getattr(model_config, "max_logprobs", None)
-    if cap is not None and cap != -1 and cap < width + 1:
-        raise ConfigError(f"top-{width} scoring needs the engine's max_logprobs >= {width + 1} (it is {cap}); "
+    if cap is not None and cap != -1 and cap < width + MAX_SINKS:
+        raise ConfigError(f"top-{width} scoring needs the engine's max_logprobs >= {width + MAX_SINKS} (it is {cap}); "
                           "raise --max-logprobs or lower k / num_beams")
 
 
@@ -192,9 +192,9 @@ def scoring_params(width: int, prefix: Sequence[int], exclude: list[str] | None,
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    from generative_rec.decoding.vllm_processor import scoring_args
+    from generative_rec.decoding.vllm_processor import MAX_SINKS, scoring_args
 
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=width + 1, flat_logprobs=True,
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=width + MAX_SINKS, flat_logprobs=True,
                           detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
                           extra_args=scoring_args(prefix, exclude))
 

@@ -13,15 +13,16 @@ tokens and sets every other token to ``-inf``. ``min_tokens`` and ``ignore_eos``
 
 **Top-W scoring** (``genrec_score``: 1 / true; what ``POST /v1/recommendations`` and ``genrec generate``
 send): the row of each generated position is rewritten to the model's *full-vocabulary* log-softmax on the
-trie's live children of the current node, ``-inf`` on every other token but one *sink* token (a token no ID
-uses), which gets the log of the remaining probability mass. The row then already sums to 1, so the engine's
+trie's live children of the current node, ``-inf`` on every other token except a few *sink* tokens (tokens
+no ID uses) that share the remaining probability mass. The row then already sums to 1, so the engine's
 ``processed_logprobs`` (``--logprobs-mode processed_logprobs``, which ``genrec serve`` and ``open_llm`` set)
-returns these values unchanged: with ``logprobs=W+1`` the engine hands back the W best allowed children with
-exactly the log-probabilities HF beam search adds up (masking, not renormalising), whatever the fan-out —
-one engine request instead of ``ceil(children / 128)`` ``logprob_token_ids`` requests. Greedy decoding then
-follows the best allowed child (unless the sink holds more mass than it), so a request with
-``max_tokens > 1`` also scores the next positions along that path; once the ID is complete, or the path left
-the trie through the sink, EOS is forced and the request stops.
+returns these values unchanged: with ``logprobs=W+MAX_SINKS`` the engine hands back the W best allowed
+children with exactly the log-probabilities HF beam search adds up (masking, not renormalising), whatever
+the fan-out — one engine request instead of ``ceil(children / 128)`` ``logprob_token_ids`` requests.
+The remaining mass is split over as many sinks (at most ``MAX_SINKS``) as it takes for each to stay below
+the best allowed child, so greedy decoding follows that child: a request with ``max_tokens > 1`` also scores
+the next positions along that path (when even ``MAX_SINKS`` sinks cannot, one sink takes it all and the path
+leaves the trie). Once the ID is complete, or the path left the trie, EOS is forced and the request stops.
 
   ``genrec_prefix``  (list of token ids, default ``[]``) the ID tokens already chosen; the prompt ends with them
   Scoring requests must be greedy (``temperature=0``) without penalties, ``logit_bias``, ``bad_words``,
@@ -66,6 +67,7 @@ ENV_BUNDLE = "GENREC_BUNDLE"
 FQCN = "generative_rec.decoding.vllm_processor:TrieLogitsProcessor"
 MAX_EXCLUDE = 10_000
 MAX_PREFIX = 64
+MAX_SINKS = 16  # tokens sharing the probability mass outside the allowed children (see the module docstring)
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ class TrieLogitsProcessor(LogitsProcessor):
                         "would be renormalised)", self.logprobs_mode, KEY_SCORE, LOGPROBS_MODE)
         self.device = device
         self.rows: dict[int, _Row] = {}
-        self.sink: int | None = None
+        self.sinks: np.ndarray | None = None
         self._exclusions: dict[tuple[int, ...], Exclusion] = {}
 
     @classmethod
@@ -252,19 +254,20 @@ class TrieLogitsProcessor(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.rows, batch_update, self._new_row)
 
-    def _sink(self, vocab: int) -> int:
-        """A column no ID uses and that is not EOS: it holds the probability mass of the masked tokens."""
-        if self.sink is None:
+    def _sinks(self, vocab: int) -> np.ndarray:
+        """``MAX_SINKS`` columns no ID uses and that are not EOS: they hold the mass of the masked tokens."""
+        if self.sinks is None:
             used = np.zeros(vocab, dtype=bool)
             toks = self.spec.trie.token[1:]
             used[toks[toks < vocab]] = True
             if 0 <= self.spec.eos < vocab:
                 used[self.spec.eos] = True
             free = np.flatnonzero(~used)
-            if len(free) == 0:
-                raise RuntimeError("every token of the vocabulary is used by the item IDs: no sink token left")
-            self.sink = int(free[0])
-        return self.sink
+            if len(free) < MAX_SINKS:
+                raise RuntimeError(f"the item IDs use all but {len(free)} tokens of the vocabulary; "
+                                   f"top-W scoring needs {MAX_SINKS} free ones")
+            self.sinks = free[:MAX_SINKS].astype(np.int64)
+        return self.sinks
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
@@ -301,7 +304,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         return logits
 
     def _write_scores(self, logits: torch.Tensor, rows: list[int], cols: list[np.ndarray]) -> None:
-        """Rows := full-vocabulary log-softmax on the allowed columns, the rest of the mass on the sink."""
+        """Rows := full-vocabulary log-softmax on the allowed columns, the rest of the mass on the sinks."""
         dev = logits.device
         idx = torch.as_tensor(rows, dtype=torch.long, device=dev)
         lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)
@@ -311,7 +314,15 @@ class TrieLogitsProcessor(LogitsProcessor):
         allowed[rr, cc] = True
         rest = lp.masked_fill(allowed, float("-inf")).logsumexp(dim=-1)  # log(1 - P(allowed)), stably
         lp.masked_fill_(~allowed, float("-inf"))
-        lp[:, self._sink(lp.shape[1])] = rest
+        best = lp.max(dim=-1).values
+        # m sinks of (1 - P) / m each with m = floor((1 - P) / p_best) + 1, so each share is below p_best
+        ratio = torch.exp(torch.clamp(rest - best, max=30.0))
+        m = torch.floor(ratio) + 1
+        m = torch.where(m > MAX_SINKS, torch.ones_like(m), m)  # cannot stay below the best: one sink takes all
+        share = rest - torch.log(m)
+        j = torch.arange(MAX_SINKS, device=dev, dtype=m.dtype)
+        vals = torch.where(j[None, :] < m[:, None], share[:, None], torch.full_like(share[:, None], float("-inf")))
+        lp[:, torch.from_numpy(self._sinks(lp.shape[1])).to(dev)] = vals
         logits.index_copy_(0, idx, lp.to(logits.dtype))
 
 

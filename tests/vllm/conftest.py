@@ -4,8 +4,9 @@ A vLLM engine start costs about a minute on a 2-core CPU, so the session builds 
 synthetic 150-item catalogue, a tiny random Llama with head_dim 32 — vLLM's CPU attention has no kernel
 for head_dim 16) and shares engines: an offline ``vllm.LLM`` (batch generation and parity tests) and one
 HTTP server subprocess (server tests). The :class:`EngineSlot` closes whichever engine is open before
-another starts; with the test files run in name order (explain, generate, parity, server) each starts once:
-``test_explain.py`` uses a second tiny bundle trained with the explain task, on its own offline engine.
+another starts; with the test files run in name order (explain, generate, parity, scoring, server) each starts
+once: ``test_explain.py`` uses a second tiny bundle trained with the explain task, ``test_scoring.py`` one with
+atomic IDs, each on its own offline engine.
 The ``slow`` fixtures do the same with a SmolLM2-135M bundle (trained with the explain task mixed in).
 """
 
@@ -116,6 +117,13 @@ def tiny_bundle(tmp_path_factory, tiny_data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def atomic_bundle(tmp_path_factory, tiny_data) -> Path:
+    """The same catalogue with atomic IDs: one new token per item, so the trie's root has 150 children —
+    more than one ``logprob_token_ids`` request could score (vLLM caps those at 128)."""
+    return train_bundle(tmp_path_factory.mktemp("tiny-atomic"), tiny_data, "tiny-random", steps=4, scheme="atomic")
+
+
+@pytest.fixture(scope="session")
 def explain_bundle(tmp_path_factory, tiny_data) -> Path:
     """A tiny bundle trained WITH the explain task (the synthetic items carry a genre attribute, which the
     templated reasons cite). 30 steps at lr 1e-2 (~3 s): after the 4 steps of ``tiny_bundle`` the random
@@ -202,6 +210,13 @@ class LazyLLM:
 @pytest.fixture(scope="session")
 def tiny_llm(tiny_bundle, engine_slot) -> LazyLLM:
     lazy = LazyLLM(tiny_bundle, engine_slot, "tiny-llm")
+    yield lazy
+    lazy.close()
+
+
+@pytest.fixture(scope="session")
+def atomic_llm(atomic_bundle, engine_slot) -> LazyLLM:
+    lazy = LazyLLM(atomic_bundle, engine_slot, "atomic-llm")
     yield lazy
     lazy.close()
 

@@ -2,7 +2,8 @@
 
 The reference is ``hf_generate_topk`` (plain ``model.generate`` beam search with a trie logits processor);
 ``hf_topk`` (the KV-cached HF scorer) is checked too. Items must agree, scores to 1e-4; only near-ties
-(score gap < 1e-4, fp32 summation order) may swap.
+(score gap < 1e-4, fp32 summation order) may swap. Also: the engine's top-W scoring returns full-vocabulary
+log-probs, look-ahead changes nothing but the request count, and plain completions keep the model's log-probs.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def test_vllm_topk_equals_hf_reference(tiny_llm, bundle, hf_model, users, k, num
     from generative_rec.decoding.vllm_engine import llm_topk
 
     prompts, excl = inputs(bundle, users, 6)
-    fast = llm_topk(tiny_llm.get(), bundle.trie, prompts, k, num_beams, excl)
+    fast = llm_topk(tiny_llm.get(), bundle.trie, prompts, k, num_beams, excl, item_ids=bundle.item_ids)
     cached = hf_topk(hf_model, prompts, bundle.trie, k, bundle.tokenizer.pad_token_id, num_beams, excl)
     for p, e, f, c in zip(prompts, excl, fast, cached, strict=True):
         ref = hf_generate_topk(hf_model, p, bundle.trie, k, bundle.tokenizer.eos_token_id, num_beams, e)
@@ -52,54 +53,76 @@ def test_vllm_topk_equals_hf_reference(tiny_llm, bundle, hf_model, users, k, num
         assert_same_topk(f.items, f.scores, c.items, c.scores)
 
 
-def test_scores_are_raw_full_vocabulary_log_probs(tiny_llm, bundle, hf_model, users):
-    """One scoring step: vLLM's log-probs of the trie-allowed tokens equal HF's full log_softmax."""
+def test_engine_returns_the_best_allowed_children_with_full_vocabulary_log_probs(tiny_llm, bundle, hf_model, users):
+    """One scoring step: the engine's top-W are the W best live children (exclusions masked in the engine)
+    with HF's full-vocabulary log_softmax values — not renormalised over the allowed tokens."""
     from generative_rec.decoding.beam import Beam
-    from generative_rec.decoding.vllm_engine import LLMScorer
+    from generative_rec.decoding.topk import Exclusion, needed_width
+    from generative_rec.decoding.vllm_engine import EngineScorer, llm_run
 
-    prompts, _ = inputs(bundle, users, 3)
-    prefix = bundle.trie.sequence(7)[:2]
+    prompts, excl = inputs(bundle, users, 3)
+    prefix = bundle.trie.sequence(7)[:1]
     node = bundle.trie.walk(prefix)
-    beams = [Beam(p, tuple(prefix), node, 0.0) for p in range(len(prompts))]
-    scorer = LLMScorer(tiny_llm.get(), bundle.trie)
+    k, nb = 2, 3
+    scorer = EngineScorer(llm_run(tiny_llm.get()), bundle.trie, bundle.item_ids, k, nb, excl, lookahead=False)
     scorer.start(prompts)
-    got = scorer.step(beams)
-    kids = torch.from_numpy(bundle.trie.allowed(node).astype(np.int64))
+    got = scorer.step([Beam(p, tuple(prefix), node, 0.0) for p in range(len(prompts))])
+    assert scorer.requests == len(prompts)
+    w = needed_width(bundle.trie, node, k, nb)
     with torch.no_grad():
         for r, p in enumerate(prompts):
-            logits = hf_model(torch.tensor([p + prefix])).logits[0, -1].float()
-            want = torch.log_softmax(logits, -1)[kids]
-            torch.testing.assert_close(got[r, kids], want, atol=1e-5, rtol=0)
+            want = torch.log_softmax(hf_model(torch.tensor([p + prefix])).logits[0, -1].float(), -1)
+            live, _ = Exclusion.from_items(bundle.trie, excl[r]).live_children(bundle.trie, node)
+            assert 0.0 < float(torch.logsumexp(want[torch.from_numpy(live.astype(np.int64))], 0).exp()) < 0.99
+            best = sorted(live.tolist(), key=lambda t: -float(want[t]))[:w]
+            mine = {int(t): float(v) for t, v in zip(got.token[got.row == r], got.logprob[got.row == r], strict=True)
+                    if int(t) in set(live.tolist())}
+            assert set(best) <= set(mine)  # every needed child came back (ties at the cut may add one more)
+            for t in best:
+                assert abs(mine[t] - float(want[t])) < 1e-5, (t, mine[t], float(want[t]))
 
 
-def test_split_scoring_requests_match(tiny_llm, bundle, users):
-    """A node with more children than one request may score (vLLM caps logprob_token_ids at 128) is
-    scored by several requests; forcing tiny chunks must not change anything."""
-    from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS
+def test_look_ahead_changes_only_the_request_count(tiny_llm, bundle, users):
+    """Scores taken from an earlier request's greedy look-ahead are the scores a fresh request gives; the
+    number of engine requests per recommendation stays within beams x depth."""
+    from generative_rec.decoding.beam import SearchStats
+    from generative_rec.decoding.vllm_engine import llm_topk
 
-    from generative_rec.decoding import vllm_engine
-    from generative_rec.decoding.beam import constrained_beam_search
-
-    assert vllm_engine.MAX_IDS_PER_REQUEST == MAX_LOGPROB_TOKEN_IDS  # the cap the engine validates against
-    prompts, excl = inputs(bundle, users, 3)
-    whole = vllm_engine.llm_topk(tiny_llm.get(), bundle.trie, prompts, 5, None, excl)
-
-    splits = []
-
-    class Chunked(vllm_engine.LLMScorer):
-        def step(self, beams):
-            from vllm.inputs import TokensPrompt
-
-            plan = vllm_engine.plan_step(self.prompts, beams, self.trie, limit=3)
-            splits.append(len(plan) - len(beams))
-            outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids, _ in plan],
-                                     [vllm_engine.scoring_params(t) for _, _, t in plan], use_tqdm=False)
-            return vllm_engine.scatter(len(beams), self.width, plan, [vllm_engine.read_logprobs(o) for o in outs])
-
-    split = constrained_beam_search(Chunked(tiny_llm.get(), bundle.trie), prompts, bundle.trie, 5, None, excl)
-    assert max(splits) > 0  # some beams were scored by more than one request
-    for a, b in zip(whole, split, strict=True):
+    prompts, excl = inputs(bundle, users, 6)
+    stats = {}
+    res = {}
+    for la in (False, True):
+        stats[la] = SearchStats()
+        res[la] = llm_topk(tiny_llm.get(), bundle.trie, prompts, 5, 8, excl, item_ids=bundle.item_ids,
+                           stats=stats[la], lookahead=la)
+    for a, b in zip(res[False], res[True], strict=True):
         assert_same_topk(a.items, a.scores, b.items, b.scores)
+    per_rec = {la: stats[la].extra["requests"] / len(prompts) for la in res}
+    assert per_rec[True] <= per_rec[False] <= 8 * bundle.trie.max_depth
+    assert stats[True].extra["positions"] >= stats[True].extra["requests"]
+
+
+def test_plain_completion_logprobs_are_the_models(tiny_llm, bundle, hf_model, users):
+    """The engine runs with logprobs_mode=processed_logprobs (scoring needs it). For requests that do not
+    reshape the distribution (greedy or temperature 1, no top-k/top-p/penalties) the log-probs a client gets
+    are still the model's raw full-vocabulary ones, equal to HF's."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts, _ = inputs(bundle, users, 2)
+    for temperature in (0.0, 1.0):
+        outs = tiny_llm.get().generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
+                                       SamplingParams(max_tokens=1, temperature=temperature, logprobs=5, seed=3),
+                                       use_tqdm=False)
+        for p, o in zip(prompts, outs, strict=True):
+            with torch.no_grad():
+                want = torch.log_softmax(hf_model(torch.tensor([p])).logits[0, -1].float(), -1)
+            got = o.outputs[0].logprobs[0]
+            assert len(got) >= 5
+            for t, lp in got.items():
+                assert abs(lp.logprob - float(want[t])) < 1e-5, (temperature, t, lp.logprob, float(want[t]))
+            top5 = torch.topk(want, 5).indices.tolist()
+            assert set(top5) <= set(got)
 
 
 def test_greedy_constrained_completion_equals_hf_greedy(tiny_llm, bundle, hf_model, users):
