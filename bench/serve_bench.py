@@ -202,7 +202,8 @@ def measure_batch(bundle, n_users: int, k: int, seed: int, tmp: Path, hf_batch: 
     hists = workload(bundle, n_users, seed + 1)
     inp = tmp / f"users-{bundle.index.scheme}.jsonl"
     inp.write_text("".join(json.dumps({"user_id": f"u{j}", "history": h}) + "\n" for j, h in enumerate(hists)))
-    res = {"users": n_users, "k": k, "load_before": load()}
+    res = {"users": n_users, "k": k, "load_before": load(),
+           "engine_reserved_cpus": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0 (open_llm's default)")}
     warm = tmp / f"warm-{bundle.index.scheme}.jsonl"
     warm.write_text("".join(json.dumps({"user_id": f"w{j}", "history": h}) + "\n" for j, h in enumerate(hists[:4])))
     llm = open_llm(bundle, EngineOptions(max_model_len=1024, kv_cache_gb=2))
@@ -278,7 +279,7 @@ def measure_fanout(n_items: int, work: Path, clients: int, per_client: int, k: i
     bundle = Bundle(synthetic_atomic_bundle(n_items, work / f"atomic-{n_items}"))
     built = round(time.time() - t0, 1)
     n = max(8, clients * per_client)
-    hists = workload(bundle, n + 8, seed)
+    hists = [h[-50:] for h in workload(bundle, n + 8, seed)]  # the prompt shows the last 20 anyway
     prompts = [prepare(bundle, h, k).prompt for h in hists]
     proc, base = start_server(str(bundle.path), work / f"server-{n_items}.log", extra)
     try:

@@ -285,12 +285,12 @@ def generate(o: GenerateOptions, llm=None, progress: bool = True,
         from dataclasses import replace
 
         from generative_rec.decoding.topk import max_width
-        from generative_rec.decoding.vllm_processor import MAX_SINKS
+        from generative_rec.decoding.vllm_processor import LOGPROBS_EXTRA
 
-        # the engine must return the widest top-W any line needs (decoding.topk.needed_width), plus the sinks
+        # the engine must return the widest top-W any line needs (decoding.topk.needed_width), plus one
         need = max((max_width(bundle.trie, j.k, max(j.k, j.num_beams or j.k)) for j in pending if j.error is None),
                    default=1)
-        llm = open_llm(bundle, replace(o.engine, max_logprobs=max(o.engine.max_logprobs, need + MAX_SINKS)))
+        llm = open_llm(bundle, replace(o.engine, max_logprobs=max(o.engine.max_logprobs, need + LOGPROBS_EXTRA)))
     lora = lora_request_for(bundle, o.engine)
     stats = SearchStats()
     t0 = time.perf_counter()

@@ -49,7 +49,7 @@ from generative_rec.decoding.topk import Candidates, max_width, node_depth
 from generative_rec.trie import Trie
 
 DEFAULT_BLOCK_SIZE = 32
-DEFAULT_MAX_LOGPROBS = 512  # the widest top-W a request may ask for, plus the sinks (vllm_processor.MAX_SINKS)
+DEFAULT_MAX_LOGPROBS = 512  # the widest top-W a request may ask for, plus vllm_processor.LOGPROBS_EXTRA
 
 
 # --------------------------------------------------------------------------- engine configuration
@@ -68,7 +68,7 @@ class EngineOptions:
     base_model: str | None = None  # with enable_lora: the base the adapter was trained on
     seed: int = 0
     max_num_seqs: int | None = None
-    max_logprobs: int = DEFAULT_MAX_LOGPROBS  # >= the widest top-W (num_beams + k - 1) plus MAX_SINKS
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS  # >= the widest top-W (num_beams + k - 1) plus one
 
 
 def is_cpu_build() -> bool:
@@ -148,6 +148,9 @@ def open_llm(bundle, opts: EngineOptions | None = None):
     """An offline ``vllm.LLM`` for a bundle, with the trie processor registered and prefix caching on."""
     opts = opts or EngineOptions()
     prepare_environment(opts)
+    # Offline, this process only runs the beam search between engine steps (the engine waits meanwhile): give
+    # the engine's model worker every core instead of keeping one for a frontend (CPU backend; 2x on 2 cores).
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     from vllm import LLM
 
     # The processor finds the trie through GENREC_BUNDLE, in the engine process and (validation) in this one.
@@ -165,7 +168,7 @@ def close_llm(llm) -> None:
 # --------------------------------------------------------------------------- engine checks
 def check_engine(model_config, width: int) -> None:
     """Refuse an engine that cannot serve top-W scoring requests of ``width`` (ConfigError says why)."""
-    from generative_rec.decoding.vllm_processor import LOGPROBS_MODE, MAX_SINKS
+    from generative_rec.decoding.vllm_processor import LOGPROBS_EXTRA, LOGPROBS_MODE
     from generative_rec.errors import ConfigError
 
     mode = getattr(model_config, "logprobs_mode", None)
@@ -173,8 +176,8 @@ def check_engine(model_config, width: int) -> None:
         raise ConfigError(f"the vLLM engine runs with logprobs_mode={mode!r}; trie-constrained top-K needs "
                           f"{LOGPROBS_MODE!r} (genrec serve / open_llm set it)")
     cap = getattr(model_config, "max_logprobs", None)
-    if cap is not None and cap != -1 and cap < width + MAX_SINKS:
-        raise ConfigError(f"top-{width} scoring needs the engine's max_logprobs >= {width + MAX_SINKS} (it is {cap}); "
+    if cap is not None and cap != -1 and cap < width + LOGPROBS_EXTRA:
+        raise ConfigError(f"top-{width} scoring needs the engine's max_logprobs >= {width + LOGPROBS_EXTRA} (it is {cap}); "
                           "raise --max-logprobs or lower k / num_beams")
 
 
@@ -192,9 +195,9 @@ def scoring_params(width: int, prefix: Sequence[int], exclude: list[str] | None,
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    from generative_rec.decoding.vllm_processor import MAX_SINKS, scoring_args
+    from generative_rec.decoding.vllm_processor import LOGPROBS_EXTRA, scoring_args
 
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=width + MAX_SINKS, flat_logprobs=True,
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=width + LOGPROBS_EXTRA, flat_logprobs=True,
                           detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
                           extra_args=scoring_args(prefix, exclude))
 

@@ -13,16 +13,18 @@ tokens and sets every other token to ``-inf``. ``min_tokens`` and ``ignore_eos``
 
 **Top-W scoring** (``genrec_score``: 1 / true; what ``POST /v1/recommendations`` and ``genrec generate``
 send): the row of each generated position is rewritten to the model's *full-vocabulary* log-softmax on the
-trie's live children of the current node, ``-inf`` on every other token except a few *sink* tokens (tokens
-no ID uses) that share the remaining probability mass. The row then already sums to 1, so the engine's
-``processed_logprobs`` (``--logprobs-mode processed_logprobs``, which ``genrec serve`` and ``open_llm`` set)
-returns these values unchanged: with ``logprobs=W+MAX_SINKS`` the engine hands back the W best allowed
-children with exactly the log-probabilities HF beam search adds up (masking, not renormalising), whatever
-the fan-out — one engine request instead of ``ceil(children / 128)`` ``logprob_token_ids`` requests.
-The remaining mass is split over as many sinks (at most ``MAX_SINKS``) as it takes for each to stay below
-the best allowed child, so greedy decoding follows that child: a request with ``max_tokens > 1`` also scores
-the next positions along that path (when even ``MAX_SINKS`` sinks cannot, one sink takes it all and the path
-leaves the trie). Once the ID is complete, or the path left the trie, EOS is forced and the request stops.
+trie's live children of the current node and ``-inf`` on every other token, except that the probability
+mass of the masked tokens is spread evenly over *sink* tokens (tokens no ID uses). The row then already sums
+to 1, so the engine's ``processed_logprobs`` (``--logprobs-mode processed_logprobs``, which ``genrec serve``
+and ``open_llm`` set) returns these values unchanged: with ``logprobs=W+1`` the engine hands back the W best
+allowed children with exactly the log-probabilities HF beam search adds up (masking, not renormalising),
+whatever the fan-out — one engine request instead of ``ceil(children / 128)`` ``logprob_token_ids``
+requests. The mass is spread over as many sinks as it takes for each share to stay below the W-th best
+allowed child, so the W best entries of the row are allowed children and greedy decoding follows the best
+one: a request with ``max_tokens > 1`` also scores the next positions along that path. (When even every free
+token would not be enough — a model that puts almost no mass on the allowed children — one sink takes the
+whole rest: the W best allowed children still come back, the path may leave the trie.) Once the ID is
+complete, or the path left the trie, EOS is forced and the request stops.
 
   ``genrec_prefix``  (list of token ids, default ``[]``) the ID tokens already chosen; the prompt ends with them
   Scoring requests must be greedy (``temperature=0``) without penalties, ``logit_bias``, ``bad_words``,
@@ -67,7 +69,7 @@ ENV_BUNDLE = "GENREC_BUNDLE"
 FQCN = "generative_rec.decoding.vllm_processor:TrieLogitsProcessor"
 MAX_EXCLUDE = 10_000
 MAX_PREFIX = 64
-MAX_SINKS = 16  # tokens sharing the probability mass outside the allowed children (see the module docstring)
+LOGPROBS_EXTRA = 1  # a scoring request asks for logprobs = W + 1 (the sampled token may be a sink)
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +174,10 @@ class _Row:
 
     ``score``: top-W scoring (write full-vocabulary log-probs) rather than constrained sampling (mask)."""
 
-    __slots__ = ("out", "seen", "node", "excl", "score")
+    __slots__ = ("out", "seen", "node", "excl", "score", "width")
 
-    def __init__(self, out: list[int], excl: Exclusion, node: int = 0, score: bool = False):
-        self.out, self.seen, self.node, self.excl, self.score = out, 0, node, excl, score
+    def __init__(self, out: list[int], excl: Exclusion, node: int = 0, score: bool = False, width: int = 1):
+        self.out, self.seen, self.node, self.excl, self.score, self.width = out, 0, node, excl, score, width
 
     def live(self, trie) -> np.ndarray:
         """Tokens allowed at the next position (empty once the ID is complete or the path left the trie)."""
@@ -249,13 +251,14 @@ class TrieLogitsProcessor(LogitsProcessor):
             raise ValueError(f"constrained decoding requested but no bundle was found (set {ENV_BUNDLE})")
         excl = self._exclusion(parse_exclude(params.extra_args, self.spec))
         node = parse_prefix(params.extra_args, self.spec)[1] if scoring else 0
-        return _Row(out, excl, node, scoring)
+        width = max(1, (params.logprobs or 0) - LOGPROBS_EXTRA)  # the W best children the request reads
+        return _Row(out, excl, node, scoring, width)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.rows, batch_update, self._new_row)
 
     def _sinks(self, vocab: int) -> np.ndarray:
-        """``MAX_SINKS`` columns no ID uses and that are not EOS: they hold the mass of the masked tokens."""
+        """Every column no ID uses and that is not EOS: they share the mass of the masked tokens."""
         if self.sinks is None:
             used = np.zeros(vocab, dtype=bool)
             toks = self.spec.trie.token[1:]
@@ -263,10 +266,9 @@ class TrieLogitsProcessor(LogitsProcessor):
             if 0 <= self.spec.eos < vocab:
                 used[self.spec.eos] = True
             free = np.flatnonzero(~used)
-            if len(free) < MAX_SINKS:
-                raise RuntimeError(f"the item IDs use all but {len(free)} tokens of the vocabulary; "
-                                   f"top-W scoring needs {MAX_SINKS} free ones")
-            self.sinks = free[:MAX_SINKS].astype(np.int64)
+            if len(free) == 0:
+                raise RuntimeError("the item IDs use every token of the vocabulary: no sink token for top-W scoring")
+            self.sinks = free.astype(np.int64)
         return self.sinks
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
@@ -277,6 +279,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         keep_cols: list[np.ndarray] = []
         score_rows: list[int] = []
         score_cols: list[np.ndarray] = []
+        score_widths: list[int] = []
         eos_rows: list[int] = []
         for idx, r in self.rows.items():
             cols = r.live(trie)
@@ -285,6 +288,7 @@ class TrieLogitsProcessor(LogitsProcessor):
             elif r.score:
                 score_rows.append(idx)
                 score_cols.append(np.asarray(cols, dtype=np.int64))
+                score_widths.append(r.width)
             else:
                 keep_rows.append(idx)
                 keep_cols.append(np.asarray(cols, dtype=np.int64))
@@ -296,15 +300,15 @@ class TrieLogitsProcessor(LogitsProcessor):
             logits.index_fill_(0, torch.as_tensor(keep_rows, dtype=torch.long, device=dev), float("-inf"))
             logits[rows, cols] = keep
         if score_rows:
-            self._write_scores(logits, score_rows, score_cols)
+            self._write_scores(logits, score_rows, score_cols, score_widths)
         if eos_rows:
             idx = torch.as_tensor(eos_rows, dtype=torch.long, device=dev)
             logits.index_fill_(0, idx, float("-inf"))
             logits[idx, eos] = 0.0
         return logits
 
-    def _write_scores(self, logits: torch.Tensor, rows: list[int], cols: list[np.ndarray]) -> None:
-        """Rows := full-vocabulary log-softmax on the allowed columns, the rest of the mass on the sinks."""
+    def _write_scores(self, logits: torch.Tensor, rows: list[int], cols: list[np.ndarray], widths: list[int]) -> None:
+        """Rows := full-vocabulary log-softmax on the allowed columns, the rest of the mass spread on sinks."""
         dev = logits.device
         idx = torch.as_tensor(rows, dtype=torch.long, device=dev)
         lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)
@@ -314,15 +318,17 @@ class TrieLogitsProcessor(LogitsProcessor):
         allowed[rr, cc] = True
         rest = lp.masked_fill(allowed, float("-inf")).logsumexp(dim=-1)  # log(1 - P(allowed)), stably
         lp.masked_fill_(~allowed, float("-inf"))
-        best = lp.max(dim=-1).values
-        # m sinks of (1 - P) / m each with m = floor((1 - P) / p_best) + 1, so each share is below p_best
-        ratio = torch.exp(torch.clamp(rest - best, max=30.0))
-        m = torch.floor(ratio) + 1
-        m = torch.where(m > MAX_SINKS, torch.ones_like(m), m)  # cannot stay below the best: one sink takes all
+        # the W-th best allowed log-prob of each row (its worst allowed one when it has fewer than W children)
+        w = torch.as_tensor([min(wd, len(c)) for wd, c in zip(widths, cols, strict=True)], device=dev)
+        top = torch.topk(lp, int(w.max()), dim=-1).values
+        kth = top.gather(1, (w - 1)[:, None])[:, 0]
+        # m sinks of (1 - P) / m each, m = floor((1 - P) / p_W) + 1, so every share is below p_W
+        sinks = torch.from_numpy(self._sinks(lp.shape[1])).to(dev)
+        m = torch.floor(torch.exp(torch.clamp(rest - kth, max=40.0))) + 1
+        m = torch.where(m > len(sinks), torch.ones_like(m), m)  # not enough free tokens: one sink takes it all
         share = rest - torch.log(m)
-        j = torch.arange(MAX_SINKS, device=dev, dtype=m.dtype)
-        vals = torch.where(j[None, :] < m[:, None], share[:, None], torch.full_like(share[:, None], float("-inf")))
-        lp[:, torch.from_numpy(self._sinks(lp.shape[1])).to(dev)] = vals
+        j = torch.arange(len(sinks), device=dev, dtype=m.dtype)
+        lp[:, sinks] = torch.where(j[None, :] < m[:, None], share[:, None], torch.full_like(share[:, None], float("-inf")))
         logits.index_copy_(0, idx, lp.to(logits.dtype))
 
 

@@ -27,7 +27,7 @@ from generative_rec.decoding.vllm_engine import (
     is_cpu_build,
     prepare_environment,
 )
-from generative_rec.decoding.vllm_processor import ENV_BUNDLE, FQCN, LOGPROBS_MODE, MAX_SINKS
+from generative_rec.decoding.vllm_processor import ENV_BUNDLE, FQCN, LOGPROBS_EXTRA, LOGPROBS_MODE
 from generative_rec.serving import DEFAULT_MAX_K, MAX_BEAMS
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class ServeOptions:
 
 def max_logprobs(so: ServeOptions) -> int:
     """The engine's ``--max-logprobs``: the widest top-W a recommendation may need (``num_beams + k - 1``,
-    ``decoding.topk.needed_width``) plus the sinks, and at least the configured default."""
-    return max(so.engine.max_logprobs, MAX_BEAMS + so.max_k + MAX_SINKS)
+    ``decoding.topk.needed_width``) plus one, and at least the configured default."""
+    return max(so.engine.max_logprobs, MAX_BEAMS + so.max_k + LOGPROBS_EXTRA)
 
 
 def check_vllm_args(args: Namespace) -> None:

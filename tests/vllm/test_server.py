@@ -68,6 +68,49 @@ def test_constrained_completion_bad_xargs_is_400(tiny_server, bundle):
                                                                            "genrec_exclude": ["nope"]}})
 
 
+BAD_SCORING = [
+    ({"temperature": 1.0}, {"genrec_score": 1}, "temperature must be 0"),
+    ({"temperature": 0, "presence_penalty": 0.5}, {"genrec_score": 1}, "penalty"),
+    ({"temperature": 0}, {"genrec_score": 1, "genrec_prefix": [10**6]}, "not the start of an unfinished item ID"),
+    ({"temperature": 0}, {"genrec_score": 1, "genrec_prefix": "12"}, "must be a list of token ids"),
+    ({"temperature": 0}, {"genrec_prefix": [1]}, "needs vllm_xargs.genrec_constrained: 1 or genrec_score: 1"),
+    ({"temperature": 0}, {"genrec_score": 1, "genrec_constrained": 1}, "cannot be combined"),
+    ({"temperature": 0}, {"genrec_score": 1, "genrec_exclude": ["nope"]}, "unknown item"),
+]
+
+
+@pytest.mark.parametrize(("body", "xargs", "message"), BAD_SCORING, ids=[m[:20] for *_, m in BAD_SCORING])
+def test_bad_scoring_requests_are_400(tiny_server, bundle, body, xargs, message):
+    r = tiny_server.post("/v1/completions", {"model": "genrec", "prompt": bundle.prompt_ids([0]), "max_tokens": 1,
+                                             "logprobs": 5, "vllm_xargs": xargs, **body})
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]["message"], r.text
+
+
+def test_scoring_completion_returns_top_allowed_children(tiny_server, bundle, users):
+    """``genrec_score`` over HTTP (what /v1/recommendations sends inside the server): with ``logprobs=W+1``
+    the W best trie-allowed first tokens come back with HF's full-vocabulary log-probs."""
+    from transformers import AutoModelForCausalLM
+
+    seq = bundle.trie.sequence(7)
+    prefix = max((seq[:d] for d in range(len(seq))), key=lambda p: len(bundle.trie.allowed_after(p)))
+    assert len(bundle.trie.allowed_after(prefix)) > 4
+    prompt = bundle.prompt_ids(bundle.lookup(users[0]["history"])[-20:]) + prefix
+    r = tiny_server.post("/v1/completions", {"model": "genrec", "prompt": prompt, "max_tokens": 1, "temperature": 0,
+                                             "logprobs": 4 + 1, "return_tokens_as_token_ids": True,
+                                             "vllm_xargs": {"genrec_score": 1, "genrec_prefix": prefix}})
+    assert r.status_code == 200, r.text
+    top = r.json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    got = {int(key.split(":")[-1]): v for key, v in top.items()}
+    model = AutoModelForCausalLM.from_pretrained(bundle.model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = torch.log_softmax(model(torch.tensor([prompt])).logits[0, -1].float(), -1)
+    allowed = bundle.trie.allowed_after(prefix).tolist()
+    best = sorted(allowed, key=lambda t: -float(want[t]))[:4]
+    for t in best:
+        assert t in got and abs(got[t] - float(want[t])) < 1e-4, (t, got.get(t), float(want[t]))
+
+
 # ------------------------------------------------------------------------------------------- recommendations
 def recommend(server, body, **kw):
     r = server.post("/v1/recommendations", body, **kw)
@@ -85,6 +128,8 @@ def test_recommendations_are_distinct_ranked_catalogue_items(tiny_server, bundle
             scores = [it["score"] for it in out["items"]]
             assert scores == sorted(scores, reverse=True)
             assert out["model"] == "genrec" and out["history_used"] == min(20, len(u["history"]))
+            # one engine request per beam per step at most, whatever the fan-out
+            assert 1 <= out["decode"]["engine_requests"] <= k * bundle.trie.max_depth
 
 
 def test_titles_work_like_ids_and_history_can_be_kept(tiny_server, bundle, users):
@@ -236,3 +281,18 @@ def check_smollm2_explanations(server, b, user):
                 "names_item_rate", "title_precision", "attribute_precision"):
         assert key not in report or 0.0 <= report[key] <= 1.0, (key, report)
     print("SmolLM2 explanations:", texts, {k: round(v, 3) for k, v in report.items()})
+
+
+def test_serve_refuses_a_logprobs_mode_override(tiny_bundle):
+    """Flags after ``--`` go to vLLM unchanged, but not one that would break top-K scoring."""
+    from generative_rec.bundle import Bundle
+    from generative_rec.errors import ConfigError
+    from generative_rec.serving.launch import ServeOptions, check_vllm_args, parse_vllm_args, vllm_argv
+
+    b = Bundle(tiny_bundle)
+    check_vllm_args(parse_vllm_args(vllm_argv(b, ServeOptions(bundle=str(tiny_bundle)))))
+    args = parse_vllm_args(vllm_argv(b, ServeOptions(bundle=str(tiny_bundle),
+                                                     vllm_args=["--logprobs-mode", "raw_logprobs"])))
+    with pytest.raises(ConfigError, match="processed_logprobs"):
+        check_vllm_args(args)
+    assert args.max_logprobs >= 200 + 100 + 1
