@@ -31,6 +31,7 @@ class SpyLLM:
 
     def __init__(self, llm):
         self.llm, self.explain_calls = llm, []
+        self.llm_engine = llm.llm_engine  # the scorer checks the engine's logprobs mode through it
 
     def generate(self, prompts, params, **kw):
         outs = self.llm.generate(prompts, params, **kw)
