@@ -364,8 +364,9 @@ def render(res: dict) -> str:
     lines = ["# Serving benchmark: constrained top-K vs the unconstrained equal-work baseline (same server)", "",
              f"- Command: `{res['command']}`",
              f"- Machine: {res['machine']}; load average before {tuple(round(x, 2) for x in res['load_before'])}, "
-             f"after {tuple(round(x, 2) for x in la)} — shared with a CPU training job, so absolute numbers are "
-             "noisy; compare the ratios (both sides run back to back on the same server).",
+             f"after {tuple(round(x, 2) for x in la)}; per-phase 1-minute load in the tables (this machine is "
+             "shared; absolute numbers move with its load, so compare the ratios: both sides run back to back "
+             "on the same server).",
              f"- Commit: {res['commit']}",
              f"- Server: `genrec serve` defaults (fp32, prefix caching with 32-token blocks, "
              f"`--logprobs-mode processed_logprobs`) plus `{' '.join(res['server_flags'])}`", ""]

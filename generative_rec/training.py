@@ -484,6 +484,15 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     t_start = time.time() - state["elapsed_s"]
     wrapper.train()
     window_loss, window_n, t_window, tok_window = 0.0, 0, time.time(), 0
+    if cfg.train.eval_every and state["step"] == 0:  # the learning curve's first point: the start itself
+        t_val = time.time()
+        m = _validate(accelerator, wrapper, renderer, trie, data, val_users, cfg, templates)
+        state["valid_s"] = time.time() - t_val
+        if m is not None:
+            state["log"].append({"step": 0, "tokens": 0, "elapsed_s": round(state["valid_s"], 1), "train_s": 0.0,
+                                 **{f"valid_{k}": v for k, v in m.items()}})
+            accelerator.log({f"valid/{k}": v for k, v in m.items()}, step=0)
+            accelerator.print(f"step 0: validation {_fmt(m)}")
     done = state["step"] >= total
     while not done:
         examples = first if state["epoch"] == 0 else epoch_examples(setup, state["epoch"])
@@ -522,10 +531,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
                 bar.set_postfix(loss=rec["loss"], tok_s=rec["tokens_per_s"])
                 window_loss, window_n, t_window, tok_window = 0.0, 0, time.time(), 0
             if cfg.train.eval_every and state["step"] % cfg.train.eval_every == 0 and state["step"] < total:
+                t_val = time.time()
                 m = _validate(accelerator, wrapper, renderer, trie, data, val_users, cfg, templates)
+                state["valid_s"] = state.get("valid_s", 0.0) + time.time() - t_val
                 if m is not None:
                     state["log"].append({"step": state["step"], "tokens": state["tokens"],
                                          "elapsed_s": round(time.time() - t_start, 1),
+                                         "train_s": round(time.time() - t_start - state["valid_s"], 1),
                                          **{f"valid_{k}": v for k, v in m.items()}})
                     accelerator.log({f"valid/{k}": v for k, v in m.items()}, step=state["step"])
                     accelerator.print(f"step {state['step']}: validation {_fmt(m)}")
@@ -539,21 +551,25 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
             state["epoch"] += 1
             state["micro_in_epoch"] = 0
     bar.close()
-    if trackers:
-        accelerator.end_training()
     state["elapsed_s"] = time.time() - t_start
     accelerator.wait_for_everyone()
 
     in_sync = _replicas_in_sync(accelerator, wrapper)
     val = _validate(accelerator, wrapper, renderer, trie, data, val_users, cfg, templates)
+    if trackers:
+        accelerator.log({f"valid/{k}": v for k, v in (val or {}).items()}, step=state["step"])
+        for tracker in accelerator.trackers:  # not end_training(): that also tears down the process group
+            tracker.finish()
     if accelerator.is_main_process:
         train_info = {
             "steps": state["step"], "epochs_started": state["epoch"] + 1, "tokens": state["tokens"],
             "target_tokens": state["target_tokens"], "train_seconds": round(state["elapsed_s"], 1),
+            "validation_seconds": round(state.get("valid_s", 0.0), 1),
             "tokens_per_s": round(state["tokens"] / max(state["elapsed_s"], 1e-9), 1),
             "final_loss": next((r["loss"] for r in reversed(state["log"]) if "loss" in r), None),
             "trainable_params": n_train, "total_params": n_total, "processes": world, "replicas_in_sync": in_sync,
-            "device": str(accelerator.device), "popularity_start": start_info, "log": state["log"],
+            "device": str(accelerator.device), "start": start_info,
+            "collaborative": collab.info if collab is not None else None, "log": state["log"],
         }
         unwrapped = accelerator.unwrap_model(wrapper)
         if unwrapped.fuser is not None:

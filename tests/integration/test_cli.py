@@ -65,8 +65,15 @@ def test_train_then_eval_on_real_data(amazon, tmp_path):
     assert "bundle written to" in out
     bundle = tmp_path / "bundle"
     assert sorted(p.name for p in bundle.iterdir()) == sorted(
-        ["adapter", "bundle.json", "catalogue.jsonl", "config.yaml", "index.json", "metrics.json", "model",
+        ["adapter", "bundle.json", "catalogue.jsonl", "config.yaml", "index.json", "logs", "metrics.json", "model",
          "templates.json", "trie.npz"])
+    # report_to: auto logs through accelerate's tracker API (TensorBoard is a dev dependency)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(bundle / "logs" / "train"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [2, 4]
+    assert "valid/NDCG@10" in acc.Tags()["scalars"]
     out = genrec("eval", "--bundle", str(bundle), "--users", "25", "--baselines", "pop")
     assert "| pop |" in out and "LLM (tiny-random, sequential IDs)" in out
     rep = json.loads((bundle / "eval-test" / "results.json").read_text())

@@ -20,7 +20,7 @@ def test_bundle_from_real_model(smollm2_bundle):
     assert b.num_items == 1682 and b.index.scheme == "atomic" and len(b.index.new_tokens) == 1682
     m = b.metrics
     assert m["train"]["steps"] == 4 and m["train"]["final_loss"] is not None
-    assert m["train"]["popularity_start"]["item_mass_after"] > 0.5
+    assert m["train"]["start"]["popularity"]["item_mass_after"] > 0.5
     assert m["valid"]["Validity"] == 1.0
 
 
