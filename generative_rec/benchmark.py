@@ -6,11 +6,13 @@ the sequences only and is tuned on validation NDCG@10 (early stopping on it too)
 the best validation score is evaluated once on the test users. The LLM is a bundle (``--bundle``) or is
 trained first from a run config (``--llm-config``) and decoded with the trie over the same users.
 
-Two tiers, which differ only in grids and budgets (:data:`TIERS`):
+Three tiers, which differ only in grids and budgets (:data:`TIERS`):
 
-- ``cpu``: fits in 30 minutes on 2 idle cores, LLM included: the demo LLM config (~200 LoRA steps), one or
-  two configurations per iterative baseline with an epoch cap (the configurations are the best of the full
+- ``cpu``: fits in 30 minutes on 2 idle cores, LLM included: ``train/configs/cpu_tier.yaml`` (atomic IDs
+  with a collaborative start from SASRec, every window, ~one pass in 300 LoRA steps), one or two
+  configurations per iterative baseline with an epoch cap (the configurations are the best of the full
   grids on ML-100K validation), the full grids for the cheap models (item-kNN, content-kNN).
+- ``cpu-long``: <= 2 hours on 2 cores: the same baselines, the same LLM config trained 4x longer.
 - ``full``: for a GPU machine: the LLM trained on all training windows for several epochs
   (``train/configs/full_gpu.yaml``), every baseline's full grid without epoch caps.
 
@@ -60,11 +62,12 @@ class Tier:
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. epoch caps
     llm_batch_size: int = 16
     budget: str = ""
+    llm_set: list[str] = field(default_factory=list)  # overrides of llm_config (before the user's --llm-set)
 
 
 TIERS = {
     "cpu": Tier(
-        "cpu", "train/configs/demo_cpu.yaml",
+        "cpu", "train/configs/cpu_tier.yaml",
         # On ML-100K the full grids chose bpr/mf dim=128 reg=1e-4 (best epoch 30), lightgcn layers=2
         # reg=1e-4 (best epoch 70), sasrec dropout=0.2 (best epoch 48): the CPU tier keeps those regions.
         grids={"bpr": {"dim": [128], "reg": [1e-4, 1e-3]}, "lightgcn": {"layers": [2], "reg": [1e-4]},
@@ -72,7 +75,16 @@ TIERS = {
         fixed={"bpr": {"epochs": 100}, "lightgcn": {"epochs": 80}, "sasrec": {"epochs": 45},
                "mf_llm_init": {"epochs": 100}},
         llm_batch_size=16,
-        budget="<= 30 min on 2 idle CPU cores including LLM training (demo config) and decoding",
+        budget="<= 30 min on 2 idle CPU cores including LLM training (cpu_tier.yaml) and decoding",
+    ),
+    "cpu-long": Tier(
+        "cpu-long", "train/configs/cpu_tier.yaml", llm_set=["train.max_steps=1200", "train.save_every=100"],
+        grids={"bpr": {"dim": [128], "reg": [1e-4, 1e-3]}, "lightgcn": {"layers": [2], "reg": [1e-4]},
+               "sasrec": {"dropout": [0.2]}, "mf_llm_init": {"dim": [128], "reg": [1e-4]}},
+        fixed={"bpr": {"epochs": 100}, "lightgcn": {"epochs": 80}, "sasrec": {"epochs": 45},
+               "mf_llm_init": {"epochs": 100}},
+        llm_batch_size=16,
+        budget="<= 2 h on 2 idle CPU cores: the CPU tier's baselines, the LLM trained 4x longer (~4 passes)",
     ),
     "full": Tier("full", "train/configs/full_gpu.yaml", llm_batch_size=64,
                  budget="a GPU for the LLM (trained to convergence on all training windows); full grids, "
@@ -267,7 +279,8 @@ def run_benchmark(data: str | Path = "data/ml-100k", tier: str = "cpu", models=D
     if not resume and store.dir.exists():
         shutil.rmtree(store.dir)  # a fresh run: results of an earlier run in this folder are stale
     llm_cfg = Path(llm_config) if llm_config else repo_root() / tier_cfg.llm_config
-    source = LLMSource(bundle, llm_cfg, llm_set or [], data_path, out, resume)
+    llm_set = [*tier_cfg.llm_set, *(llm_set or [])] if bundle is None and not llm_config else (llm_set or [])
+    source = LLMSource(bundle, llm_cfg, llm_set, data_path, out, resume)
     embeddings: dict[str, Any] = {}
 
     def item_embeddings() -> np.ndarray:

@@ -60,6 +60,62 @@ def write_synthetic(folder: Path, n_users: int = 30, n_items: int = 40, seed: in
     return inter, items
 
 
+PRODUCTS = {  # taste cluster -> products a reviewer in it buys; each product has its own words
+    "guitar": ["guitar strap", "capo", "clip tuner", "string winder", "guitar picks", "fret cleaner",
+               "acoustic strings", "guitar stand", "slide", "humidifier"],
+    "recording": ["pop filter", "xlr cable", "mic stand", "shock mount", "audio interface", "studio monitor",
+                  "headphones", "windscreen", "phantom power", "usb microphone"],
+    "pedals": ["distortion pedal", "delay pedal", "patch cable", "pedal board", "power supply", "tuner pedal",
+               "wah pedal", "looper", "chorus pedal", "reverb pedal"],
+    "keys": ["sustain pedal", "keyboard stand", "midi cable", "bench", "dust cover", "keyboard bag",
+             "expression pedal", "music rest", "headphone adapter", "sheet light"],
+}
+BRANDS = ["Fender", "Ernie", "Snark", "Dunlop", "Planet", "Boss", "Shure", "Behringer", "Hosa", "Kyser",
+          "Mogami", "Ibanez"]
+PRAISE = ["sturdy build", "clear sound", "solid feel", "no noise", "easy setup", "tight fit", "bright tone",
+          "long cable", "quiet switch", "warm tone"]
+
+
+def write_amazon_sample(path: Path, n_users: int = 120, seed: int = 0) -> Path:
+    """A review file in the Amazon 2014 layout (one JSON object per line, gzip when ``.gz``), made by the
+    project: users buy mostly within one taste cluster, over time, and write product-specific reviews, so
+    titles can be mined and a recommender has something to learn. A few hundred lines (5-core-like)."""
+    import gzip
+
+    rng = random.Random(seed)
+    products = [(cluster, f"{BRANDS[n % len(BRANDS)]} {name}", f"B00{n:05d}{cluster[0].upper()}")
+                for n, (cluster, name) in enumerate((c, p) for c, ps in PRODUCTS.items() for p in ps)]
+    by_cluster = {c: [p for p in products if p[0] == c] for c in PRODUCTS}
+    lines = []
+    for u in range(n_users):
+        home = list(PRODUCTS)[u % len(PRODUCTS)]
+        t = 1_300_000_000 + rng.randrange(10_000_000)
+        bought: set[str] = set()
+        for _ in range(rng.randint(5, 9)):
+            pool = by_cluster[home] if rng.random() < 0.8 else products
+            cluster, name, asin = rng.choice([p for p in pool if p[2] not in bought] or pool)
+            if asin in bought:
+                continue
+            bought.add(asin)
+            t += rng.randrange(86_400, 30 * 86_400)
+            praise = rng.choice(PRAISE)
+            lines.append({
+                "reviewerID": f"A{u:04d}X", "asin": asin, "reviewerName": f"reviewer {u}", "helpful": [0, 0],
+                "reviewText": f"This {name.lower()} has a {praise}. I use the {name.split(' ', 1)[1]} "
+                              f"for {cluster} every week.",
+                "overall": float(rng.choice([3, 4, 5, 5, 5])), "summary": f"{name.split(' ', 1)[1]}, {praise}",
+                "unixReviewTime": t, "reviewTime": "01 1, 2012",
+            })
+    text = "".join(json.dumps(x) + "\n" for x in lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
 def prepare_synthetic(folder: Path, **kw):
     from generative_rec.data import PrepareConfig, prepare
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import AMAZON, REPO, tiny_config
+from helpers import AMAZON, REPO, tiny_config, write_amazon_sample
 
 pytestmark = pytest.mark.integration
 
@@ -27,21 +27,35 @@ def genrec(*args: str, **kw) -> str:
     return run(sys.executable, "-m", "generative_rec", *args, **kw)
 
 
+def prepare_amazon(reviews: Path, folder: Path) -> tuple[Path, str]:
+    out = folder / "prepared"
+    cfg = folder / "prep.yaml"
+    cfg.write_text(yaml.safe_dump({"source": "amazon", "amazon": {"path": str(reviews)}, "output": str(out)}))
+    return out, genrec("prepare", "--config", str(cfg))
+
+
 @pytest.fixture(scope="module")
 def amazon(tmp_path_factory) -> Path:
-    assert AMAZON.exists(), f"the shared Amazon review data is missing at {AMAZON}"
-    out = tmp_path_factory.mktemp("amazon") / "prepared"
-    cfg = tmp_path_factory.mktemp("cfg") / "prep.yaml"
-    cfg.write_text(yaml.safe_dump({"source": "amazon", "amazon": {"path": str(AMAZON)}, "output": str(out)}))
-    text = genrec("prepare", "--config", str(cfg))
-    assert "1429 users, 900 items, 10261 interactions" in text
+    """The Amazon-layout sample (tests/helpers.py) prepared by the real CLI."""
+    folder = tmp_path_factory.mktemp("amazon")
+    out, text = prepare_amazon(write_amazon_sample(folder / "reviews.json.gz"), folder)
+    assert "120 users, 40 items, 811 interactions" in text
     return out
+
+
+@pytest.mark.shared_data
+def test_prepare_the_full_shared_amazon_file(tmp_path):
+    assert AMAZON.exists(), f"the shared Amazon review data is missing at {AMAZON} (set GENREC_SHARED_DATA)"
+    out, text = prepare_amazon(AMAZON, tmp_path)
+    assert "1429 users, 900 items, 10261 interactions" in text
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["num_users"] == 1429 and meta["user_text_fields"] == ["review", "summary"]
 
 
 def test_prepare_writes_a_complete_dataset(amazon):
     assert sorted(p.name for p in amazon.iterdir()) == ["items", "meta.json", "users"]
     meta = json.loads((amazon / "meta.json").read_text())
-    assert meta["num_users"] == 1429 and meta["user_text_fields"] == ["review", "summary"]
+    assert meta["num_users"] == 120 and meta["user_text_fields"] == ["review", "summary"]
 
 
 def test_prepare_bad_input_is_a_clear_error(tmp_path):
@@ -121,7 +135,7 @@ def test_demo_trains_evaluates_and_prints_the_readme_report(amazon, tmp_path):
                                               eval={"users": None, "ks": [1, 5, 10, 20], "baselines": ["pop"]})))
     out = genrec("demo", "--config", str(cfg))
     assert "Held-out next item:" in out and "Top-10 (trie-constrained beam search" in out
-    assert "== test split, 1429 users (every user), full ranking over all items, history masked" in out
+    assert "== test split, 120 users (every user), full ranking over all items, history masked" in out
     assert "| LLM (tiny-random, atomic IDs) |" in out and "| pop |" in out and "LLM vs pop (per-user NDCG@10)" in out
     rep = json.loads((tmp_path / "bundle" / "eval-test" / "results.json").read_text())
-    assert rep["users"] == 1429
+    assert rep["users"] == 120

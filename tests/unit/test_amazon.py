@@ -1,4 +1,5 @@
-"""Amazon review reader: the real 2014 Musical Instruments 5-core file, both field layouts, metadata, errors."""
+"""Amazon review reader: a sample file in the 2014 layout, both field layouts, metadata, errors; and the real
+2014 Musical Instruments 5-core file (the ``shared_data`` group: ``pytest -m shared_data``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import AMAZON
+from helpers import AMAZON, write_amazon_sample
 
 from generative_rec.data.amazon import (
     AmazonSpec,
@@ -48,6 +49,7 @@ def write(path: Path, lines: list) -> Path:
 
 
 # --------------------------------------------------------------------------- the real file
+@pytest.mark.shared_data
 def test_real_file_counts(real):
     inter, items = real
     assert len(inter) == 10261
@@ -61,6 +63,7 @@ def test_real_file_counts(real):
     assert inter.lines is not None and inter.lines[0] == 1
 
 
+@pytest.mark.shared_data
 def test_real_file_titles_unique_and_readable(real):
     _, items = real
     assert all(t.strip() for t in items.titles)
@@ -77,10 +80,29 @@ def test_real_file_titles_unique_and_readable(real):
     assert all(items.fields["description"][items.ids.index(i)] == "" for i in fallback)
 
 
+@pytest.mark.shared_data
 def test_real_holdout_is_two_per_user(real):
     inter, _ = real
     mask = holdout_mask(inter, 2)
     assert int(mask.sum()) == 2 * 1429  # 5-core, no repeated (user, item) pairs
+
+
+# --------------------------------------------------------------------------- the sample shipped with the tests
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return read_amazon(AmazonSpec(path=str(write_amazon_sample(tmp_path_factory.mktemp("amz") / "r.json.gz"))))
+
+
+def test_sample_counts_titles_and_holdout(sample):
+    inter, items = sample
+    assert (len(inter), len(set(inter.users)), len(items)) == (811, 120, 40)
+    assert set(items.ids) == set(inter.items) and set(inter.texts) == {"review", "summary"}
+    assert len({t.lower() for t in items.titles}) == len(items) and all(t.strip() for t in items.titles)
+    assert int(holdout_mask(inter, 2).sum()) == 2 * 120
+    # every product's own name words reach its mined title (the brand or the product kind)
+    assert sum(any(w in t.lower() for w in ("strap", "capo", "tuner", "filter", "pedal", "cable", "stand",
+                                              "monitor", "mic", "bench", "cover", "light", "slide", "picks"))
+               for t in items.titles) >= 20
 
 
 # --------------------------------------------------------------------------- both field layouts
