@@ -361,9 +361,8 @@ def _torch_version() -> str:
 
 # --------------------------------------------------------------------------- comparison and outputs
 def compare(records: dict[str, dict], arrays: dict[str, dict[str, np.ndarray]]) -> dict:
-    """LLM vs the best baseline (highest test NDCG@10 on the same users): ratio and paired tests."""
-    from generative_rec.evaluation.metrics import paired_significance
-
+    """LLM vs the best baseline (highest test NDCG@10 on the same users) and vs popularity: ratios and
+    paired tests."""
     baselines = [m for m in records if records[m]["kind"] == "baseline"]
     if not baselines:
         return {}
@@ -374,12 +373,22 @@ def compare(records: dict[str, dict], arrays: dict[str, dict[str, np.ndarray]]) 
         return out
     llm, base = records["llm"]["metrics"]["NDCG@10"], out["best_baseline_NDCG@10"]
     out.update({"llm_NDCG@10": llm, "ratio": llm / base if base > 0 else math.inf, "target_ratio": TARGET_RATIO})
-    a, b = arrays["llm"]["NDCG@10"], arrays[best]["NDCG@10"]
+    a = arrays["llm"]["NDCG@10"]
     if len(a) > 1:
-        t = paired_significance(a, b)
-        out["paired"] = {"n": t.n, "mean_diff": t.mean_diff, "t_statistic": t.t_statistic, "t_pvalue": t.t_pvalue,
-                         "wilcoxon_statistic": t.wilcoxon_statistic, "wilcoxon_pvalue": t.wilcoxon_pvalue}
+        out["paired"] = _paired(a, arrays[best]["NDCG@10"])
+        if "pop" in records and best != "pop":
+            out["vs_pop"] = {"pop_NDCG@10": records["pop"]["metrics"]["NDCG@10"],
+                             "ratio": llm / max(records["pop"]["metrics"]["NDCG@10"], 1e-12),
+                             "paired": _paired(a, arrays["pop"]["NDCG@10"])}
     return out
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict:
+    from generative_rec.evaluation.metrics import paired_significance
+
+    t = paired_significance(a, b)
+    return {"n": t.n, "mean_diff": t.mean_diff, "t_statistic": t.t_statistic, "t_pvalue": t.t_pvalue,
+            "wilcoxon_statistic": t.wilcoxon_statistic, "wilcoxon_pvalue": t.wilcoxon_pvalue}
 
 
 def comparison_text(c: dict) -> str:
@@ -393,6 +402,10 @@ def comparison_text(c: dict) -> str:
         p = c["paired"]
         s += (f" Paired over {p['n']} users, per-user NDCG@10: mean diff {p['mean_diff']:+.4f}, "
               f"t-test p={p['t_pvalue']:.3g}, Wilcoxon p={p['wilcoxon_pvalue']:.3g}.")
+    if "vs_pop" in c:
+        v, p = c["vs_pop"], c["vs_pop"]["paired"]
+        s += (f" LLM vs pop: {c['llm_NDCG@10']:.4f} vs {v['pop_NDCG@10']:.4f}, ratio {v['ratio']:.2f}, mean diff "
+              f"{p['mean_diff']:+.4f}, t-test p={p['t_pvalue']:.3g}, Wilcoxon p={p['wilcoxon_pvalue']:.3g}.")
     return s
 
 

@@ -154,12 +154,13 @@ def collaborative_start(model, tokenizer, new_tokens: list[str], token_items: di
     if output_share and (head is None or head.weight.data_ptr() == emb_in.data_ptr()):
         raise ConfigError("collaborative_start: untie the LM head first (untie_output_embeddings)")
     vecs = token_vectors(new_tokens, token_items, item_embeddings)
-    vecs = vecs @ projection(vecs.shape[1], emb_in.shape[1], seed).T
+    source_dim = int(vecs.shape[1])
+    vecs = vecs @ projection(source_dim, emb_in.shape[1], seed).T
     norms = vecs.norm(dim=-1)
     has = norms > 0
     scale_ref = norms[has].mean().clamp_min(1e-6) if bool(has.any()) else torch.tensor(1.0)
     idx = torch.tensor(tokenizer.convert_tokens_to_ids(new_tokens))
-    out = {"tokens": len(idx), "source_dim": int(vecs.shape[1])}
+    out = {"tokens": len(idx), "source_dim": source_dim}
     for name, w, share in (("input", emb_in, input_share),
                            ("output", head.weight if head is not None else None, output_share)):
         if w is None or not share:

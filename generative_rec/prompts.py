@@ -17,6 +17,7 @@ import yaml
 
 from generative_rec.errors import ConfigError
 from generative_rec.paths import repo_root
+from generative_rec.plain_text import plain_ids
 
 IGNORE = -100
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -112,8 +113,9 @@ class Renderer:
         return list(ids[: len(ids) - len(plain)]) if ids[-len(plain):] == plain else []
 
     def text(self, s: str) -> list[int]:
+        """``s`` as plain text (a title that spells an item token or the EOS string stays text)."""
         if s not in self._cache:
-            self._cache[s] = list(self.tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
+            self._cache[s] = plain_ids(self.tokenizer, s)
         return self._cache[s]
 
     def title(self, item: int) -> list[int]:

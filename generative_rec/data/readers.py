@@ -11,8 +11,10 @@ import csv
 import gzip
 import json
 import math
+import zlib
 import os
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +26,26 @@ from generative_rec.errors import DataError
 ATOMIC_TYPES = {"token", "token_seq", "float", "float_seq"}
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fb:
+        return fb.read(2) == b"\x1f\x8b"
+
+
+def text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file, gzipped or not (told by its magic bytes), decoded one line at a time so
+    that a byte that is not UTF-8 is reported with its line; a truncated or corrupt gzip stream is a
+    DataError too. Line endings are kept (as ``open(newline="")`` would)."""
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})",
+                                    str(path), lineno) from None
+    except (OSError, EOFError, zlib.error) as e:  # bad gzip stream, truncated file
+        raise DataError(f"cannot read file ({type(e).__name__}: {e})", str(path), lineno + 1) from None
 
 
 def _check_file(path: str | os.PathLike) -> Path:
@@ -58,8 +76,8 @@ def read_atomic_table(path: str | os.PathLike) -> tuple[dict[str, str], Iterator
     Returns ``(types, rows)``: the field types by name and an iterator of ``(line_number, row)``.
     """
     p = _check_file(path)
-    f = _open_text(p)
-    header = f.readline().rstrip("\r\n")
+    f = text_lines(p)
+    header = next(f, "").rstrip("\r\n")
     if not header.strip():
         f.close()
         raise DataError("empty header line (expected tab-separated name:type fields)", str(p), 1)
@@ -76,7 +94,7 @@ def read_atomic_table(path: str | os.PathLike) -> tuple[dict[str, str], Iterator
         types[name] = typ
 
     def rows() -> Iterator[tuple[int, dict[str, str]]]:
-        with f:
+        with closing(f):
             for lineno, raw in enumerate(f, start=2):
                 raw = raw.rstrip("\r\n")
                 if not raw:
@@ -179,24 +197,20 @@ class TableSpec:
 def iter_json_lines(p: Path, fallback: Callable[[str], dict | None] | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` from a JSON-lines file, gzipped or not (told by its magic bytes);
     blank lines are skipped. ``fallback(raw)`` may parse a line that is not JSON (``None``: not parsable)."""
-    with open(p, "rb") as fb:
-        gz = fb.read(2) == b"\x1f\x8b"
-    try:
-        with gzip.open(p, "rt", encoding="utf-8") if gz else open(p, encoding="utf-8") as f:
-            for lineno, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    rec = fallback(raw) if fallback is not None else None
-                    if rec is None:
-                        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", str(p), lineno) from None
-                if not isinstance(rec, dict):
-                    raise DataError(f"expected a JSON object, found {type(rec).__name__}", str(p), lineno)
-                yield lineno, rec
-    except (UnicodeDecodeError, OSError, EOFError) as e:  # bad gzip stream, truncated file, not UTF-8
-        raise DataError(f"cannot read file ({type(e).__name__}: {e})", str(p)) from None
+    for lineno, raw in enumerate(text_lines(p), start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as e:
+            rec = fallback(raw) if fallback is not None else None
+            if rec is None:
+                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", str(p), lineno) from None
+        except RecursionError:
+            raise DataError("malformed JSON (nested too deeply)", str(p), lineno) from None
+        if not isinstance(rec, dict):
+            raise DataError(f"expected a JSON object, found {type(rec).__name__}", str(p), lineno)
+        yield lineno, rec
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -208,11 +222,11 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         yield from iter_json_lines(p)
     elif kind in (".csv", ".tsv", ".txt"):
         delim = "\t" if kind in (".tsv", ".txt") else ","
-        with _open_text(p) as f:
+        with closing(text_lines(p)) as f:
             reader = csv.DictReader(f, delimiter=delim)
-            if not reader.fieldnames:
-                raise DataError("no header row", str(p), 1)
             try:
+                if not reader.fieldnames:
+                    raise DataError("no header row", str(p), 1)
                 for rec in reader:
                     if None in rec:
                         raise DataError(f"more fields than the header's {len(reader.fieldnames)}", str(p), reader.line_num)

@@ -63,7 +63,12 @@ class ItemIndex:
         return len(self.item_ids)
 
     def token_ids(self, tokenizer) -> list[list[int]]:
-        """Each item's ID as token ids, tokenised on its own (never merged with surrounding text)."""
+        """Each item's ID as token ids, tokenised on its own (never merged with surrounding text). IDs made of
+        new tokens are those tokens; text IDs (titles) are plain text, never an added or special token."""
+        if not self.new_tokens:
+            from generative_rec.plain_text import plain_ids
+
+            return [plain_ids(tokenizer, t) for t in self.id_texts]
         enc = tokenizer(self.id_texts, add_special_tokens=False)["input_ids"]
         return [list(e) for e in enc]
 

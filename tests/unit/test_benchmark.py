@@ -161,12 +161,27 @@ def test_quality_wrapper_publishes_with_rewritten_links(finished, tmp_path):
     assert "](quality-cpu-metric_vs_k.png)" in md and "](metric_vs_k.png)" not in md
 
 
+def test_every_shipped_run_config_loads():
+    """The strict loader rejects a typo: each config in train/configs is a valid RunConfig as shipped."""
+    from generative_rec.config import load_config
+
+    configs = sorted((REPO / "train" / "configs").glob("*.yaml"))
+    assert {p.name for p in configs} >= {"demo_cpu.yaml", "cpu_tier.yaml", "full_gpu.yaml"}
+    for p in configs:
+        cfg = load_config(p)
+        assert cfg.model.base == "smollm2-135m" and cfg.index.scheme == "atomic", p.name
+    long = benchmark.TIERS["cpu-long"]
+    assert load_config(REPO / long.llm_config, long.llm_set).train.max_steps == 4 * load_config(
+        REPO / benchmark.TIERS["cpu"].llm_config).train.max_steps
+
+
 def test_tiers_name_real_configs_and_models():
     from generative_rec.config import load_config
     from generative_rec.evaluation.baselines import BASELINES
 
     for tier in benchmark.TIERS.values():
-        load_config(REPO / tier.llm_config)
+        cfg = load_config(REPO / tier.llm_config, tier.llm_set)
+        assert cfg.model.collaborative.source == "sasrec" or tier.name == "full"
         for name, grid in tier.grids.items():
             fields = BASELINES[name].__dataclass_fields__
             assert set(grid) | set(tier.fixed.get(name, {})) <= set(fields), name
