@@ -1,7 +1,7 @@
 """Ablation of the LLM's collaborative help at one training budget, on the same test users and prompts.
 
     python bench/quality.py --tier cpu                 # first: the benchmark run whose baselines we compare to
-    python bench/ablation.py                           # atomic; +start; +fuse; +start+distill; sequential+start
+    python bench/ablation.py                           # atomic; +start; +fuse; +start+distill; multi-token+start
     python bench/ablation.py --steps 40 --variants atomic,start --output /tmp/abl   # a quick try
     python bench/ablation.py --resume                  # a killed run keeps the variants it finished
 
@@ -32,10 +32,12 @@ VARIANTS = {
     "atomic + collaborative fuse": ["model.collaborative={source: sasrec, mode: fuse, epochs: 50, params: {dropout: 0.2}}"],
     "atomic + start + distillation": ["model.collaborative={source: sasrec, epochs: 50, params: {dropout: 0.2}, "
                                       "distill: 0.5}"],
-    "sequential + collaborative start": ["index.scheme=sequential", "train.loss_vocab=full"],
+    # the best multi-token scheme of bench/results/indexing_ablation_cpu.md; its level tokens start from the mean
+    # source embedding of the items that share them (sequential IDs reuse digit tokens: nothing to start)
+    "collaborative IDs + collaborative start": ["index.scheme=collaborative", "train.loss_vocab=full"],
 }
 SHORT = {"atomic": "atomic", "start": "atomic + collaborative start", "fuse": "atomic + collaborative fuse",
-         "distill": "atomic + start + distillation", "sequential": "sequential + collaborative start"}
+         "distill": "atomic + start + distillation", "multi-token": "collaborative IDs + collaborative start"}
 COLUMNS = ["NDCG@10", "HR@10", "MRR@10", "Coverage@10", "PopBias@10", "Novelty@10"]
 
 
