@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         t = paired_significance(r["per_user"]["NDCG@10"], best_arrays["NDCG@10"])
         ratio = r["metrics"]["NDCG@10"] / best_metrics["NDCG@10"]
         table[r["name"]] = {**{c: r["metrics"][c] for c in COLUMNS}, f"ratio vs {best}": ratio,
-                            "mean diff": t.mean_diff, "t-test p": t.t_pvalue, "Wilcoxon p": t.wilcoxon_pvalue,
-                            "train s": r["train_s"], "final loss": r["final_loss"]}
+                            "mean diff": t.mean_diff, "t-test p": f"{t.t_pvalue:.2g}",
+                            "Wilcoxon p": f"{t.wilcoxon_pvalue:.2g}", "train s": f"{r['train_s']:.0f}",
+                            "valid NDCG@10": (r.get("valid") or {}).get("NDCG@10")}
         results.append({k: v for k, v in r.items() if k != "per_user"}
                        | {"ratio": ratio, "paired": t.__dict__})
     table[f"{best} (benchmark)"] = {c: best_metrics.get(c) for c in COLUMNS}
@@ -137,8 +138,10 @@ def main(argv: list[str] | None = None) -> None:
         f"- Machine: {machine()}; commit {git_commit()}; wall {time.time() - t_start:.0f} s "
         "(variants finished in an earlier run are resumed, not re-timed).", "",
         format_table(table, [*COLUMNS, f"ratio vs {best}", "mean diff", "t-test p", "Wilcoxon p", "train s",
-                             "final loss"]),
+                             "valid NDCG@10"]),
         "",
+        "valid NDCG@10: the end-of-training validation of each run (the config's `train.eval_users` seeded "
+        "validation users); the configs were chosen on validation, never on this table.",
         "PopBias@10: share of each top-10 among the 10 % most popular training items; "
         "Coverage@10: share of the catalogue in anyone's top-10.", ""])
     out = Path(a.results)
