@@ -10,16 +10,16 @@ result decodes to the same text and holds no added or special token.
 
 from __future__ import annotations
 
+import contextlib
+
 
 def _added_ids(tokenizer) -> dict[int, str]:
     cached = getattr(tokenizer, "_genrec_added_ids", None)
     if cached is None or cached[0] != len(tokenizer):
         added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if t.content}
         cached = (len(tokenizer), added)
-        try:
+        with contextlib.suppress(AttributeError):  # a tokenizer that takes no new attributes: recompute each time
             tokenizer._genrec_added_ids = cached
-        except AttributeError:  # a tokenizer that takes no new attributes: recompute each time
-            pass
     return cached[1]
 
 

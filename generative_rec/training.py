@@ -35,10 +35,10 @@ from generative_rec.errors import ConfigError
 from generative_rec.indexing import build_index
 from generative_rec.io import atomic_dir, atomic_write_json, read_json
 from generative_rec.modeling import (
+    CollaborativeFuser,
     add_item_tokens,
     apply_lora,
     build_tiny_random,
-    CollaborativeFuser,
     collaborative_start,
     count_parameters,
     load_model,

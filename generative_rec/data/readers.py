@@ -11,8 +11,8 @@ import csv
 import gzip
 import json
 import math
-import zlib
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field

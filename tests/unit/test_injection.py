@@ -24,9 +24,10 @@ def hostile_titles(eos: str) -> list[str]:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """A catalogue whose titles spell item tokens and the EOS string, trained into a tiny atomic bundle."""
+    from helpers import load_tiny
+
     from generative_rec.modeling import train_tiny_tokenizer
     from generative_rec.training import train
-    from helpers import load_tiny
 
     root = tmp_path_factory.mktemp("hostile")
     eos = train_tiny_tokenizer(["probe text"], root / "probe").eos_token
