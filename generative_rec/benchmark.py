@@ -65,24 +65,23 @@ class Tier:
     llm_set: list[str] = field(default_factory=list)  # overrides of llm_config (before the user's --llm-set)
 
 
+# On ML-100K the full grids chose bpr/mf dim=128 reg=1e-4 (best epoch 30), lightgcn layers=2 reg=1e-4 (best
+# epoch 70), sasrec dropout=0.2 (best epoch 48): the CPU tiers keep those regions.
+CPU_GRIDS = {"bpr": {"dim": [128], "reg": [1e-4, 1e-3]}, "lightgcn": {"layers": [2], "reg": [1e-4]},
+             "sasrec": {"dropout": [0.2]}, "mf_llm_init": {"dim": [128], "reg": [1e-4]}}
+CPU_FIXED = {"bpr": {"epochs": 100}, "lightgcn": {"epochs": 80}, "sasrec": {"epochs": 45},
+             "mf_llm_init": {"epochs": 100}}
+
 TIERS = {
     "cpu": Tier(
         "cpu", "train/configs/cpu_tier.yaml",
-        # On ML-100K the full grids chose bpr/mf dim=128 reg=1e-4 (best epoch 30), lightgcn layers=2
-        # reg=1e-4 (best epoch 70), sasrec dropout=0.2 (best epoch 48): the CPU tier keeps those regions.
-        grids={"bpr": {"dim": [128], "reg": [1e-4, 1e-3]}, "lightgcn": {"layers": [2], "reg": [1e-4]},
-               "sasrec": {"dropout": [0.2]}, "mf_llm_init": {"dim": [128], "reg": [1e-4]}},
-        fixed={"bpr": {"epochs": 100}, "lightgcn": {"epochs": 80}, "sasrec": {"epochs": 45},
-               "mf_llm_init": {"epochs": 100}},
+        grids=CPU_GRIDS, fixed=CPU_FIXED,
         llm_batch_size=16,
         budget="<= 30 min on 2 idle CPU cores including LLM training (cpu_tier.yaml) and decoding",
     ),
     "cpu-long": Tier(
         "cpu-long", "train/configs/cpu_tier.yaml", llm_set=["train.max_steps=1200", "train.save_every=100"],
-        grids={"bpr": {"dim": [128], "reg": [1e-4, 1e-3]}, "lightgcn": {"layers": [2], "reg": [1e-4]},
-               "sasrec": {"dropout": [0.2]}, "mf_llm_init": {"dim": [128], "reg": [1e-4]}},
-        fixed={"bpr": {"epochs": 100}, "lightgcn": {"epochs": 80}, "sasrec": {"epochs": 45},
-               "mf_llm_init": {"epochs": 100}},
+        grids=CPU_GRIDS, fixed=CPU_FIXED,
         llm_batch_size=16,
         budget="<= 2 h on 2 idle CPU cores: the CPU tier's baselines, the LLM trained 4x longer (~4 passes)",
     ),

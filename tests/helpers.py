@@ -80,8 +80,6 @@ def write_amazon_sample(path: Path, n_users: int = 120, seed: int = 0) -> Path:
     """A review file in the Amazon 2014 layout (one JSON object per line, gzip when ``.gz``), made by the
     project: users buy mostly within one taste cluster, over time, and write product-specific reviews, so
     titles can be mined and a recommender has something to learn. A few hundred lines (5-core-like)."""
-    import gzip
-
     rng = random.Random(seed)
     products = [(cluster, f"{BRANDS[n % len(BRANDS)]} {name}", f"B00{n:05d}{cluster[0].upper()}")
                 for n, (cluster, name) in enumerate((c, p) for c, ps in PRODUCTS.items() for p in ps)]
@@ -106,8 +104,14 @@ def write_amazon_sample(path: Path, n_users: int = 120, seed: int = 0) -> Path:
                 "overall": float(rng.choice([3, 4, 5, 5, 5])), "summary": f"{name.split(' ', 1)[1]}, {praise}",
                 "unixReviewTime": t, "reviewTime": "01 1, 2012",
             })
-    text = "".join(json.dumps(x) + "\n" for x in lines)
     path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text(path, "".join(json.dumps(x) + "\n" for x in lines))
+
+
+def write_text(path: Path, text: str) -> Path:
+    """``text`` to ``path``, gzipped when the name ends in ``.gz``."""
+    import gzip
+
     if path.suffix == ".gz":
         with gzip.open(path, "wt", encoding="utf-8") as f:
             f.write(text)

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import AMAZON, write_amazon_sample
+from helpers import AMAZON, write_amazon_sample, write_text
 
 from generative_rec.data.amazon import (
     AmazonSpec,
@@ -39,13 +38,7 @@ def rec(user, item, t, rating=5.0, summary="fine", review="A fine thing.", **ext
 
 
 def write(path: Path, lines: list) -> Path:
-    text = "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n"
-    if path.suffix == ".gz":
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
 
 
 # --------------------------------------------------------------------------- the real file
