@@ -38,17 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from generative_rec.bundle import Bundle  # noqa: E402
+from generative_rec.bundle import Bundle, load_bundle_model  # noqa: E402
 from generative_rec.config import RunConfig, from_dict  # noqa: E402
 from generative_rec.data import PrepareConfig, RecData, prepare  # noqa: E402
 from generative_rec.evaluation.llm import evaluate_llm  # noqa: E402
-from generative_rec.evaluation.run import git_commit, load_bundle_model, machine  # noqa: E402
-from generative_rec.explain import (  # noqa: E402
-    REPORT_COLUMNS,
-    evaluate_bundle_explanations,
-    heldout_explain_template,
-    trained_explain_templates,
-)
+from generative_rec.evaluation.run import git_commit, machine  # noqa: E402
+from generative_rec.explain.contract import heldout_explain_template, trained_explain_templates  # noqa: E402
+from generative_rec.explain.evaluate import REPORT_COLUMNS, evaluate_bundle_explanations  # noqa: E402
 from generative_rec.training import train  # noqa: E402
 
 AMAZON = (Path(os.environ.get("GENREC_SHARED_DATA", ROOT.parent / "shared" / "data"))

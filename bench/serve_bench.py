@@ -144,7 +144,7 @@ def baseline_bodies(prompts, depth: int, beams: int):
 def measure_server(bundle, extra: list[str], concurrency: list[int], per_client: int, k: int, seed: int,
                    log: Path) -> dict:
     """Constrained vs equal-work baseline on one server, per client count."""
-    from generative_rec.serving import prepare
+    from generative_rec.serving.request import prepare
 
     depth = bundle.trie.max_depth
     beams = k
@@ -197,7 +197,7 @@ def measure_batch(bundle, n_users: int, k: int, seed: int, tmp: Path, hf_batch: 
     from generative_rec.decoding.hf import hf_topk
     from generative_rec.decoding.vllm_engine import EngineOptions, close_llm, open_llm
     from generative_rec.generate import GenerateOptions, generate
-    from generative_rec.serving import prepare
+    from generative_rec.serving.request import prepare
 
     hists = workload(bundle, n_users, seed + 1)
     inp = tmp / f"users-{bundle.index.scheme}.jsonl"
@@ -273,7 +273,7 @@ def synthetic_atomic_bundle(n_items: int, folder: Path) -> Path:
 
 def measure_fanout(n_items: int, work: Path, clients: int, per_client: int, k: int, seed: int, extra: list[str]) -> dict:
     from generative_rec.bundle import Bundle
-    from generative_rec.serving import prepare
+    from generative_rec.serving.request import prepare
 
     t0 = time.time()
     bundle = Bundle(synthetic_atomic_bundle(n_items, work / f"atomic-{n_items}"))

@@ -33,8 +33,7 @@ def main() -> None:
     a = p.parse_args()
 
     from generative_rec.config import RunConfig, from_dict
-    from generative_rec.decoding.hf import hf_generate_topk
-    from generative_rec.evaluation.llm import llm_topk
+    from generative_rec.decoding.hf import hf_generate_topk, rank_histories
     from generative_rec.evaluation.metrics import format_table
     from generative_rec.evaluation.run import git_commit, machine
     from generative_rec.indexing import build_index
@@ -93,7 +92,7 @@ def main() -> None:
             model.eval()
             with torch.inference_mode():
                 t0 = time.perf_counter()
-                llm_topk(model, r, trie, hist, tpl, 20, exclude=hist, batch_size=16, pad_id=tok.pad_token_id,
+                rank_histories(model, r, trie, hist, tpl, 20, exclude=hist, batch_size=16, pad_id=tok.pad_token_id,
                          progress=False)
                 fast = len(hist) / (time.perf_counter() - t0)
                 t0 = time.perf_counter()

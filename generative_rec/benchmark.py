@@ -168,9 +168,8 @@ def run_baseline(name: str, data, users: np.ndarray, tier: Tier, seed: int, ks: 
 def run_llm(bundle_path: Path, data, users: np.ndarray, tier: Tier, ks: tuple[int, ...],
             progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """Trie-constrained top-K of the bundle's LLM for the test users (history masked)."""
-    from generative_rec.bundle import Bundle
+    from generative_rec.bundle import Bundle, load_bundle_model
     from generative_rec.evaluation.llm import evaluate_llm
-    from generative_rec.evaluation.run import load_bundle_model
 
     bundle = Bundle(bundle_path)
     if data.item_ids != bundle.item_ids:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from generative_rec.data.dataset import lookup_keys
 from generative_rec.errors import ConfigError, GenRecError
 from generative_rec.indexing.base import ItemIndex
 from generative_rec.io import atomic_write_json, atomic_write_text, read_json
+from generative_rec.keys import lookup_keys
 from generative_rec.prompts import Renderer, Template
 from generative_rec.trie import Trie
 
@@ -162,3 +162,16 @@ class Bundle:
     def lookup(self, keys: Sequence[str], by_title: bool = True) -> list[int]:
         """Catalogue rows of item ids (or exact titles); UnknownItemError lists every unknown key."""
         return lookup_keys(keys, self._by_id, self._by_title if by_title else None)
+
+
+def load_bundle_model(bundle: Bundle, dtype=None):
+    """The bundle's merged model (``bundle.model_dir``) in eval mode, on the GPU when there is one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or torch.float32
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(bundle.model_dir, dtype=dtype).to(device)
+    model.eval()
+    return model

@@ -89,7 +89,7 @@ def cmd_eval(a) -> None:
         print(f"\nLLM vs {s['vs']} (per-user NDCG@10): mean diff {s['mean_diff']:+.4f}, "
               f"paired t-test p={s['t_pvalue']:.3g}, Wilcoxon p={s['wilcoxon_pvalue']:.3g}")
     if rep.get("explanations"):
-        from generative_rec.explain import explanation_table
+        from generative_rec.explain.evaluate import explanation_table
 
         print(f"\nExplanations ({rep['explanations']['users']} users, template {rep['explanations']['template']}):")
         print(explanation_table(rep["explanations"]))

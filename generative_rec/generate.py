@@ -15,9 +15,9 @@ Output (JSONL)::
     {"user_id": "u1", "items": [{"item_id": "...", "title": "...", "score": -4.93}, ...], "history_used": 20}
 
 With ``--explain`` every item also gets ``"explanation"``: one line generated as ``"explain": true`` does in
-the server — ``generative_rec.explain``'s prompt (:func:`~generative_rec.explain.explain_prompt_ids`) and
-settings (:func:`~generative_rec.explain.explain_settings`, greedy), cleaned by
-:func:`~generative_rec.explain.clean_explanation` — on the same engine, all the window's items in one
+the server — ``generative_rec.explain.contract``'s prompt (:func:`~generative_rec.explain.contract.explain_prompt_ids`) and
+settings (:func:`~generative_rec.explain.contract.explain_settings`, greedy), cleaned by
+:func:`~generative_rec.explain.contract.clean_explanation` — on the same engine, all the window's items in one
 ``generate`` call. Only bundles trained with the ``explain`` task can explain (checked before anything runs).
 
 Lines are appended a window of users at a time (one ``write`` of whole lines, then ``fsync``). With
@@ -42,7 +42,7 @@ from generative_rec.errors import ConfigError, DataError
 if TYPE_CHECKING:  # imported lazily: `genrec --help` must not load torch / vLLM
     from generative_rec.decoding.beam import SearchStats
     from generative_rec.decoding.vllm_engine import EngineOptions
-    from generative_rec.explain import ExplainSettings
+    from generative_rec.explain.contract import ExplainSettings
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Job:
 # --------------------------------------------------------------------------- input / output files
 def read_jobs(bundle, path: str | Path, o: GenerateOptions) -> list[Job]:
     """Parse and resolve every input line; bad lines carry ``error`` (the caller decides)."""
-    from generative_rec.serving import RequestError, prepare
+    from generative_rec.serving.request import RequestError, prepare
 
     jobs: list[Job] = []
     seen: dict = {}
@@ -179,36 +179,12 @@ def append_lines(path: Path, records: list[dict]) -> None:
 # --------------------------------------------------------------------------- decoding
 def check_can_explain(bundle) -> None:
     """``--explain`` needs a bundle trained with the explain task (the server's rule for ``"explain": true``)."""
-    from generative_rec.serving import has_explanations
+    from generative_rec.serving.request import has_explanations
 
     if not has_explanations(bundle):
         raise ConfigError(f"--explain: {bundle.path} was not trained with the explain task (its config's "
                           "prompts.tasks has no `explain`, or no explain template was trained), so it cannot "
                           "explain; train with `explain` in prompts.tasks or drop --explain")
-
-
-def explain_window(llm, bundle, settings: ExplainSettings, requests: list[tuple[list[int], int]],
-                   lora_request=None) -> list[str]:
-    """One explanation per ``(history rows, item row)``, all in one ``LLM.generate`` call (the server's
-    prompt, sampling settings and clean-up: ``generative_rec.explain``)."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    from generative_rec.explain import (
-        clean_explanation,
-        explain_prompt_ids,
-        explain_template,
-        vllm_sampling_kwargs,
-    )
-
-    if not requests:
-        return []
-    t = explain_template(bundle, settings.template)
-    prompts = [TokensPrompt(prompt_token_ids=explain_prompt_ids(bundle, h, i, t, settings.max_history))
-               for h, i in requests]
-    outs = llm.generate(prompts, SamplingParams(**vllm_sampling_kwargs(settings)), use_tqdm=False,
-                        lora_request=lora_request)
-    return [clean_explanation(o.outputs[0].text) for o in outs]
 
 
 def decode_window(llm, bundle, jobs: list[Job], lora_request=None, stats: SearchStats | None = None,
@@ -217,7 +193,8 @@ def decode_window(llm, bundle, jobs: list[Job], lora_request=None, stats: Search
 
     ``explain``: also explain every item (one engine call for the whole window)."""
     from generative_rec.decoding.vllm_engine import llm_topk
-    from generative_rec.serving import items_of
+    from generative_rec.explain.vllm import explain_window
+    from generative_rec.serving.request import items_of
 
     out: dict[int, dict] = {}
     ranked: dict[int, list[int]] = {}  # catalogue rows, best first
@@ -257,7 +234,7 @@ def generate(o: GenerateOptions, llm=None, progress: bool = True,
     bundle = Bundle(o.bundle)
     settings = None
     if o.explain:  # fail before touching the output or starting an engine
-        from generative_rec.explain import explain_settings
+        from generative_rec.explain.contract import explain_settings
 
         check_can_explain(bundle)
         settings = explain_settings(bundle)

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from generative_rec.errors import DataError, UnknownItemError
+from generative_rec.errors import DataError
 from generative_rec.io import read_json
+from generative_rec.keys import lookup_keys
 
 SPLITS = ("train", "valid", "test")
-
-
-def lookup_keys(keys: Sequence, by_id: Mapping[str, int], by_title: Mapping[str, int] | None = None) -> list[int]:
-    """Rows of item ids (ids win) or, with ``by_title``, exact titles; UnknownItemError lists every miss."""
-    out, missing = [], []
-    for k in keys:
-        k = str(k)
-        if k in by_id:
-            out.append(by_id[k])
-        elif by_title is not None and k in by_title:
-            out.append(by_title[k])
-        else:
-            missing.append(k)
-    if missing:
-        raise UnknownItemError(missing)
-    return out
 
 
 @dataclass(frozen=True)

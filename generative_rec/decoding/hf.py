@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from generative_rec.decoding.beam import Beam, Ranked, SearchStats, constrained_beam_search
 from generative_rec.trie import Trie
+
+if TYPE_CHECKING:
+    from generative_rec.prompts import Renderer, Template
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,3 +140,30 @@ def hf_generate_topk(model, prompt: Sequence[int], trie: Trie, k: int, eos_id: i
             scores.append(float(score))
     order = sorted(range(len(items)), key=lambda j: (-scores[j], items[j]))[:k]
     return Ranked([items[j] for j in order], [scores[j] for j in order])
+
+
+def rank_histories(model, renderer: Renderer, trie: Trie, histories: Sequence[np.ndarray], template: Template, k: int,
+             max_history: int | None = None, num_beams: int | None = None, exclude: Sequence | None = None,
+             batch_size: int = 16, pad_id: int = 0, progress: bool = True,
+             stats: SearchStats | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item indices ``[U, k]`` (-1 padded) and their sequence log-probs for each history (catalogue rows,
+    oldest first; the prompt shows the last ``max_history``), decoded by :func:`hf_topk` in length-sorted batches."""
+    from tqdm.auto import tqdm
+
+    prompts = [renderer.prompt_ids(template, h[-max_history:] if max_history else h) for h in histories]
+    topk = np.full((len(prompts), k), -1, dtype=np.int64)
+    scores = np.full((len(prompts), k), -np.inf)
+    excl = list(exclude) if exclude is not None else [None] * len(prompts)
+    # Longest prompts first, in batches of similar length (less padding).
+    order = np.argsort([-len(p) for p in prompts], kind="stable")
+    bar = tqdm(total=len(prompts), desc="decode", disable=not progress, dynamic_ncols=True)
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo: lo + batch_size]
+        res = hf_topk(model, [prompts[i] for i in idx], trie, k, pad_id, num_beams, [excl[i] for i in idx],
+                      batch_size=batch_size, stats=stats)
+        for i, r in zip(idx, res, strict=True):
+            topk[i, : len(r.items)] = r.items
+            scores[i, : len(r.scores)] = r.scores
+        bar.update(len(idx))
+    bar.close()
+    return topk, scores

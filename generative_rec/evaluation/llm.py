@@ -10,36 +10,10 @@ import torch
 
 from generative_rec.data import RecData
 from generative_rec.decoding.beam import SearchStats
-from generative_rec.decoding.hf import hf_topk
+from generative_rec.decoding.hf import rank_histories
 from generative_rec.evaluation.metrics import accuracy, beyond_accuracy
 from generative_rec.prompts import Renderer, Template
 from generative_rec.trie import Trie
-
-
-def llm_topk(model, renderer: Renderer, trie: Trie, histories: Sequence[np.ndarray], template: Template, k: int,
-             max_history: int | None = None, num_beams: int | None = None, exclude: Sequence | None = None,
-             batch_size: int = 16, pad_id: int = 0, progress: bool = True,
-             stats: SearchStats | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` item indices ``[U, k]`` (-1 padded) and their sequence log-probs for each history."""
-    from tqdm.auto import tqdm
-
-    prompts = [renderer.prompt_ids(template, h[-max_history:] if max_history else h) for h in histories]
-    topk = np.full((len(prompts), k), -1, dtype=np.int64)
-    scores = np.full((len(prompts), k), -np.inf)
-    excl = list(exclude) if exclude is not None else [None] * len(prompts)
-    # Longest prompts first, in batches of similar length (less padding).
-    order = np.argsort([-len(p) for p in prompts], kind="stable")
-    bar = tqdm(total=len(prompts), desc="decode", disable=not progress, dynamic_ncols=True)
-    for lo in range(0, len(order), batch_size):
-        idx = order[lo: lo + batch_size]
-        res = hf_topk(model, [prompts[i] for i in idx], trie, k, pad_id, num_beams, [excl[i] for i in idx],
-                      batch_size=batch_size, stats=stats)
-        for i, r in zip(idx, res, strict=True):
-            topk[i, : len(r.items)] = r.items
-            scores[i, : len(r.scores)] = r.scores
-        bar.update(len(idx))
-    bar.close()
-    return topk, scores
 
 
 def evaluate_llm(model, renderer: Renderer, trie: Trie, data: RecData, split: str, users: np.ndarray,
@@ -56,7 +30,7 @@ def evaluate_llm(model, renderer: Renderer, trie: Trie, data: RecData, split: st
     model_was_training = model.training
     model.eval()
     with torch.inference_mode():
-        topk, scores = llm_topk(model, renderer, trie, histories, template, k, max_history, num_beams,
+        topk, scores = rank_histories(model, renderer, trie, histories, template, k, max_history, num_beams,
                                 exclude=histories if mask_history else None, batch_size=batch_size, pad_id=pad_id,
                                 progress=progress, stats=stats)
     if model_was_training:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generative_rec.bundle import Bundle
+from generative_rec.bundle import Bundle, load_bundle_model
 from generative_rec.data import RecData
 from generative_rec.evaluation.llm import evaluate_llm
 from generative_rec.evaluation.metrics import format_table, paired_significance
@@ -49,15 +49,6 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + (" + uncommitted changes" if dirty else "")) if head else "unknown"
-
-
-def load_bundle_model(bundle: Bundle, dtype: torch.dtype = torch.float32):
-    from transformers import AutoModelForCausalLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(bundle.model_dir, dtype=dtype).to(device)
-    model.eval()
-    return model
 
 
 def fit_baseline(name: str, data: RecData, seed: int = 0, item_embeddings: np.ndarray | None = None):
@@ -111,7 +102,7 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path | None = None
         "examples": example_rows(bundle, data, res, n=3),
     }
     if explain_users > 0:
-        from generative_rec.explain import evaluate_bundle_explanations
+        from generative_rec.explain.evaluate import evaluate_bundle_explanations
 
         report["explanations"] = evaluate_bundle_explanations(bundle, data, split, n=explain_users, seed=seed,
                                                               model=model, batch_size=batch_size, progress=progress)
@@ -149,7 +140,7 @@ def render_markdown(report: dict) -> str:
         lines += [f"Paired test, LLM vs {s['vs']} on per-user {s['metric']}: mean diff {s['mean_diff']:+.4f}, "
                   f"t-test p={s['t_pvalue']:.3g}, Wilcoxon p={s['wilcoxon_pvalue']:.3g} (n={s['n']}).", ""]
     if report.get("explanations"):
-        from generative_rec.explain import render_markdown as explanations_markdown
+        from generative_rec.explain.evaluate import render_markdown as explanations_markdown
 
         lines += [explanations_markdown(report["explanations"])]
     lines += [f"Machine: {report['machine']}; commit {report['commit']}; wall {report['wall_s']} s.", ""]

@@ -9,10 +9,9 @@ says what is wrong, and the server keeps serving.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import Literal, Protocol
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
@@ -20,12 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from generative_rec.decoding.beam import SearchStats
 from generative_rec.decoding.vllm_engine import AsyncTopK
-from generative_rec.serving import (
+from generative_rec.explain.vllm import make_explainer
+from generative_rec.serving.request import (
     DEFAULT_MAX_K,
     MAX_BEAMS,
     MAX_HISTORY_ITEMS,
     RequestError,
-    has_explanations,
     items_of,
     prepare,
 )
@@ -84,51 +83,6 @@ class RecommendationResponse(BaseModel):
     history_used: int = Field(description="History items shown to the model (the most recent ones).")
     excluded: int = Field(description="Catalogue items excluded from the ranking.")
     decode: DecodeInfo
-
-
-# --------------------------------------------------------------------------- explanations
-class Explainer(Protocol):
-    """Hook for explanations: given the history rows and the ranked rows, one text per item."""
-
-    async def explain(self, history: list[int], items: list[int]) -> list[str]: ...
-
-
-class VLLMExplainer:
-    """Explanations on the shared engine, following ``generative_rec.explain``'s contract: its prompt
-    (token ids), greedy decoding with its settings (EOS, item-ID tokens suppressed), its text clean-up."""
-
-    def __init__(self, bundle, engine, lora_request=None):
-        from generative_rec.explain import explain_settings, vllm_sampling_kwargs
-
-        self.bundle, self.engine, self.lora_request = bundle, engine, lora_request
-        self.settings = explain_settings(bundle)
-        self.kwargs = vllm_sampling_kwargs(self.settings)
-
-    async def _one(self, history: list[int], item: int) -> str:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
-
-        from generative_rec.decoding.vllm_engine import next_request_id
-        from generative_rec.explain import clean_explanation, explain_prompt_ids
-
-        prompt = explain_prompt_ids(self.bundle, history, item, self.settings.template, self.settings.max_history)
-        params = SamplingParams(**self.kwargs, output_kind=RequestOutputKind.FINAL_ONLY)
-        final = None
-        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=prompt), params, next_request_id("explain"),
-                                              lora_request=self.lora_request):
-            final = out
-        return clean_explanation(final.outputs[0].text)
-
-    async def explain(self, history: list[int], items: list[int]) -> list[str]:
-        return list(await asyncio.gather(*(self._one(history, i) for i in items)))
-
-
-def make_explainer(bundle, engine, lora_request=None) -> Explainer | None:
-    """The bundle's explainer, or None when it was not trained to explain (requests then get HTTP 400)."""
-    if not has_explanations(bundle):
-        return None
-    return VLLMExplainer(bundle, engine, lora_request)
 
 
 # --------------------------------------------------------------------------- service

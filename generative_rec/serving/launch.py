@@ -28,7 +28,7 @@ from generative_rec.decoding.vllm_engine import (
     prepare_environment,
 )
 from generative_rec.decoding.vllm_processor import ENV_BUNDLE, FQCN, LOGPROBS_EXTRA, LOGPROBS_MODE
-from generative_rec.serving import DEFAULT_MAX_K, MAX_BEAMS
+from generative_rec.serving.request import DEFAULT_MAX_K, MAX_BEAMS
 
 log = logging.getLogger(__name__)
 

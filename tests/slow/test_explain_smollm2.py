@@ -9,12 +9,9 @@ import pytest
 
 from generative_rec.bundle import Bundle
 from generative_rec.data import RecData
-from generative_rec.explain import (
-    evaluate_bundle_explanations,
-    explain_items,
-    explain_prompt_ids,
-    explanations_trained,
-)
+from generative_rec.explain.contract import explain_prompt_ids, explanations_trained
+from generative_rec.explain.evaluate import evaluate_bundle_explanations
+from generative_rec.explain.hf import explain_items
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +36,7 @@ def explain_bundle(tmp_path_factory, ml100k):
 
 
 def test_smollm2_explains_a_recommendation(explain_bundle, ml100k):
-    from generative_rec.evaluation.run import load_bundle_model
+    from generative_rec.bundle import load_bundle_model
 
     b, data = Bundle(explain_bundle), RecData(ml100k)
     assert explanations_trained(b)

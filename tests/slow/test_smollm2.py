@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from generative_rec.bundle import Bundle
+from generative_rec.bundle import Bundle, load_bundle_model
 from generative_rec.data import RecData
 from generative_rec.decoding.hf import hf_generate_topk, hf_topk
-from generative_rec.evaluation.run import evaluate_bundle, load_bundle_model
+from generative_rec.evaluation.run import evaluate_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generative_rec.evaluation.explain_metrics import (
+from generative_rec.explain.metrics import (
     MOVIELENS_GENRE_ALIASES,
     Catalogue,
     corpus_bleu,

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generative_rec.evaluation.explain_metrics import MOVIELENS_GENRE_ALIASES, Catalogue, faithfulness
-from generative_rec.explain_targets import (
+from generative_rec.explain.metrics import MOVIELENS_GENRE_ALIASES, Catalogue, faithfulness
+from generative_rec.explain.targets import (
     WITH_ATTRIBUTES,
     history_target,
     pick_cited,

@@ -17,21 +17,22 @@ from helpers import load_tiny
 from generative_rec.bundle import Bundle
 from generative_rec.data import RecData
 from generative_rec.errors import ConfigError
-from generative_rec.evaluation.explain_metrics import faithfulness
-from generative_rec.explain import (
-    claim_stats,
+from generative_rec.explain.contract import (
     clean_explanation,
-    evaluate_bundle_explanations,
-    explain_items,
     explain_prompt_ids,
     explain_settings,
     explain_template,
-    explanation_catalogue,
     explanations_trained,
-    generate_explanations,
-    render_markdown,
     vllm_sampling_kwargs,
 )
+from generative_rec.explain.evaluate import (
+    claim_stats,
+    evaluate_bundle_explanations,
+    explanation_catalogue,
+    render_markdown,
+)
+from generative_rec.explain.hf import explain_items, generate_explanations
+from generative_rec.explain.metrics import faithfulness
 from generative_rec.indexing import IndexConfig, build_index
 from generative_rec.modeling import train_tiny_tokenizer
 from generative_rec.prompts import IGNORE, Renderer, load_templates
@@ -219,7 +220,7 @@ def test_explain_prompt_ids_contract(explain_bundle):
 
 
 def test_generation_returns_text_and_respects_suppression(explain_bundle, tiny_bundle):
-    from generative_rec.evaluation.run import load_bundle_model
+    from generative_rec.bundle import load_bundle_model
 
     b = Bundle(explain_bundle)
     model = load_bundle_model(b)
@@ -242,7 +243,7 @@ def test_generation_returns_text_and_respects_suppression(explain_bundle, tiny_b
 
 
 def test_claim_stats():
-    from generative_rec.evaluation.explain_metrics import Faithfulness
+    from generative_rec.explain.metrics import Faithfulness
 
     good = Faithfulness((1, 2), True, (), ("Crime",), ())
     bad = Faithfulness((), False, ("Heat",), ("Crime", "War"), ("War",))

@@ -97,9 +97,8 @@ def test_every_template_renders_hostile_titles_as_text(hostile):
 
 def test_title_scheme_ids_are_plain_text_and_decoding_stays_in_the_catalogue(hostile):
     """Title IDs spelled with item-token strings and EOS still form a valid trie of plain-text IDs."""
-    from generative_rec.bundle import Bundle
+    from generative_rec.bundle import Bundle, load_bundle_model
     from generative_rec.evaluation.llm import evaluate_llm
-    from generative_rec.evaluation.run import load_bundle_model
 
     data, bundle_path = hostile
     b = Bundle(bundle_path)

@@ -56,12 +56,8 @@ def test_batch_explanations_follow_the_contract_and_equal_the_hf_reference(
 ):
     from transformers import AutoModelForCausalLM
 
-    from generative_rec.explain import (
-        explain_items,
-        explain_prompt_ids,
-        explain_settings,
-        vllm_sampling_kwargs,
-    )
+    from generative_rec.explain.contract import explain_prompt_ids, explain_settings, vllm_sampling_kwargs
+    from generative_rec.explain.hf import explain_items
 
     rows = users[:6]
     spy = SpyLLM(explain_llm.get())

@@ -176,7 +176,7 @@ def test_smollm2_lora_adapter_matches_hf_reference(smol_bundle, engine_slot, use
     from generative_rec.decoding.hf import hf_generate_topk
     from generative_rec.decoding.vllm_engine import EngineOptions
     from generative_rec.generate import GenerateOptions, generate
-    from generative_rec.serving import prepare
+    from generative_rec.serving.request import prepare
 
     engine_slot.release()
     engine_slot.take("lora")

@@ -31,7 +31,7 @@ def bundle(tiny_bundle):
 
 
 def inputs(bundle, users, n):
-    from generative_rec.serving import prepare
+    from generative_rec.serving.request import prepare
 
     ps = [prepare(bundle, u["history"], 10) for u in users[:n]]
     return [p.prompt for p in ps], [p.exclude for p in ps]

@@ -173,7 +173,7 @@ def test_atomic_bundle_one_engine_request_per_recommendation(atomic_llm, atomic_
     from generative_rec.bundle import Bundle
     from generative_rec.decoding.hf import hf_generate_topk
     from generative_rec.decoding.vllm_engine import llm_topk
-    from generative_rec.serving import prepare
+    from generative_rec.serving.request import prepare
 
     b = Bundle(atomic_bundle)
     assert b.trie.max_depth == 1 and len(b.trie.allowed(0)) > 128

@@ -157,7 +157,7 @@ def test_server_agrees_with_hf_reference(tiny_server, bundle, users):
     from transformers import AutoModelForCausalLM
 
     from generative_rec.decoding.hf import hf_generate_topk
-    from generative_rec.serving import prepare
+    from generative_rec.serving.request import prepare
 
     model = AutoModelForCausalLM.from_pretrained(bundle.model_dir, dtype=torch.float32).eval()
     for u in users[4:7]:
@@ -234,7 +234,7 @@ def test_smollm2_server(smol_server, smol_bundle, users):
 
     from generative_rec.bundle import Bundle
     from generative_rec.decoding.hf import hf_generate_topk
-    from generative_rec.serving import prepare
+    from generative_rec.serving.request import prepare
 
     b = Bundle(smol_bundle)
     model = AutoModelForCausalLM.from_pretrained(b.model_dir, dtype=torch.float32).eval()
@@ -260,8 +260,9 @@ def check_smollm2_explanations(server, b, user):
     """``"explain": true`` through the server: a one-line, non-empty text per item, scored by
     ``explain_metrics.faithfulness`` against the history the prompt showed. After 2 training steps the model
     is not expected to be faithful: the measures must be computed and in range, not good."""
-    from generative_rec.evaluation.explain_metrics import Faithfulness, explanation_report, faithfulness
-    from generative_rec.explain import claim_stats, explain_settings, explanation_catalogue
+    from generative_rec.explain.contract import explain_settings
+    from generative_rec.explain.evaluate import claim_stats, explanation_catalogue
+    from generative_rec.explain.metrics import Faithfulness, explanation_report, faithfulness
 
     out = recommend(server, {"history": user["history"], "k": 3, "explain": True})
     items = [b._by_id[i["item_id"]] for i in out["items"]]

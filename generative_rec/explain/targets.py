@@ -4,7 +4,7 @@
   cites the 1–2 history items most similar to the recommended item and the attributes all of them share,
   e.g. "Because you watched Heat (1995) and Casino (1995), you may like The Godfather (1972), another
   crime and drama movie." Every claim is true by construction, so the target passes
-  :func:`~generative_rec.evaluation.explain_metrics.faithfulness` (tested).
+  :func:`~generative_rec.explain.metrics.faithfulness` (tested).
 - :func:`review_target` — for data with reviews (P5 / PETER protocol): one length-limited sentence of the
   user's own review of the item, preferring one that mentions an item feature, else the summary.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from generative_rec.evaluation.explain_metrics import display_title
+from generative_rec.explain.metrics import display_title
 
 # --------------------------------------------------------------------------- templated targets (MovieLens)
 # Slots: {cited} {rec} {verb} {noun} {nouns} {attrs} {a_attrs} ("a crime" / "an action"),
@@ -158,3 +158,20 @@ def review_target(review: str, summary: str = "", features: Collection[str] = ()
     if sents:
         return " ".join(sents[0].split()[:max_words])
     return summary or None
+
+
+def item_features(data, item: int) -> list[str]:
+    """Feature words of an item for picking a review sentence: its attributes, else its ``keywords`` field."""
+    if data.attributes[item]:
+        return list(data.attributes[item])
+    if "keywords" in data.item_table.column_names:
+        return str(data.item_table[item]["keywords"] or "").split()
+    return []
+
+
+def review_reason(data, user: int, pos: int, item: int) -> str | None:
+    """One sentence of ``user``'s review at sequence position ``pos`` (None when there is no text)."""
+    reviews = data.user_columns["review"][user]
+    summaries = data.user_columns.get("summary")
+    summary = summaries[user][pos] if summaries is not None else ""
+    return review_target(reviews[pos] or "", summary or "", item_features(data, item))
