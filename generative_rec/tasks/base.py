@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from generative_rec.errors import ConfigError
-
 if TYPE_CHECKING:
     from generative_rec.data import RecData
     from generative_rec.prompts import Renderer, Template
@@ -44,17 +42,6 @@ def register(name: str) -> Callable[[Builder], Builder]:
         return fn
 
     return deco
-
-
-def build_task(name: str, ctx: TaskContext, templates: list[Template], weight: float,
-               rng: random.Random) -> list[Example]:
-    from generative_rec import tasks  # noqa: F401  (registers the tasks)
-
-    if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r} (known: {', '.join(sorted(TASKS))})")
-    if not templates:
-        raise ConfigError(f"no templates for task {name!r}: add a prompts/*.yaml with `task: {name}`")
-    return TASKS[name](ctx, templates, weight, rng)
 
 
 def weighted(units: list, weight: float, rng: random.Random) -> list:
