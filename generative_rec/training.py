@@ -49,7 +49,7 @@ from generative_rec.modeling import (
     untie_output_embeddings,
 )
 from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
-from generative_rec.tasks import TaskContext, build_task
+from generative_rec.tasks import TASKS, TaskContext, build_task
 from generative_rec.tasks.next_item import windows  # noqa: F401  (re-exported for callers and tests)
 
 log = logging.getLogger(__name__)
@@ -248,13 +248,43 @@ def ensure_data(cfg: RunConfig, accelerator=None) -> RecData:
 
 
 def select_templates(cfg: RunConfig) -> dict[str, list[Template]]:
+    """Each task's training templates: its templates that are not held out, narrowed to the keys of
+    ``prompts.templates`` that belong to the task.
+
+    ``prompts.templates`` pins templates per task: a task in the mixture (weight > 0) of which it names no
+    template keeps all of its own, so a config pinning ``[next_item/compact]`` can mix in another task with
+    ``--set 'prompts.tasks={next_item: 1.0, explain: 0.3}'`` alone (the pick is logged). A key that names no
+    template, or a held-out one, is an error; so is a task in the mixture without a template to train.
+    """
     allt = load_templates(cfg.prompts.dir)
+    where = cfg.prompts.dir or "prompts/"
+    pinned = cfg.prompts.templates
+    if pinned is not None:
+        known = {t.key: t for ts in allt.values() for t in ts}
+        unknown = [k for k in pinned if k not in known]
+        if unknown:
+            raise ConfigError(f"prompts.templates: unknown template(s) {unknown} in {where}; known: {sorted(known)}")
+        heldout = [k for k in pinned if known[k].heldout]
+        if heldout:
+            raise ConfigError(f"prompts.templates: {heldout} held out (never trained on; used to measure "
+                              f"unseen-template performance); pin templates that are not held out")
     out = {}
     for task, ts in allt.items():
         keep = [t for t in ts if not t.heldout]
-        if cfg.prompts.templates is not None:
-            keep = [t for t in keep if t.key in cfg.prompts.templates]
+        if pinned is not None:
+            mine = [t for t in keep if t.key in pinned]
+            if not mine and keep and cfg.prompts.tasks.get(task):
+                log.info("prompts.templates names no %s template: the task trains on all of its own: %s",
+                         task, ", ".join(t.key for t in keep))
+            keep = mine or keep
         out[task] = keep
+    for task, weight in cfg.prompts.tasks.items():
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r} in prompts.tasks (known: {', '.join(sorted(TASKS))})")
+        if weight and not out.get(task):
+            what = "only held-out templates" if allt.get(task) else "no templates"
+            raise ConfigError(f"no templates for task {task!r}: {where} has {what} for it; add a prompts/*.yaml "
+                              f"with `task: {task}` and a template without `heldout: true`")
     return out
 
 
