@@ -46,7 +46,7 @@ QUICK = {
     "content_knn": {"decay": [0.7], "last_n": [None]},
     "mf_llm_init": {"reg": [1e-4]},
 }
-COLUMNS = ["HR@10", "NDCG@10", "NDCG@20", "MRR", "Coverage@10", "Novelty@10", "PopBias@10", "ILD@10",
+COLUMNS = ["HR@10", "NDCG@10", "NDCG@20", "MRR@20", "Coverage@10", "Novelty@10", "PopBias@10", "ILD@10",
            "valid NDCG@10", "fit_s", "tune_s", "best params"]
 
 

@@ -56,7 +56,7 @@ def main() -> None:
                    help="keep the schemes already measured in --work/rows.json (a killed run continues)")
     a = p.parse_args()
 
-    from generative_rec.config import RunConfig, from_dict
+    from generative_rec.config import EvalSection, RunConfig, from_dict
     from generative_rec.evaluation.run import evaluate_bundle, git_commit, machine
     from generative_rec.io import atomic_write_json, read_json
     from generative_rec.training import train
@@ -72,8 +72,8 @@ def main() -> None:
         t0 = time.time()
         bundle = train(cfg, overwrite=True)
         train_s = time.time() - t0
-        rep = evaluate_bundle(bundle, users=a.users or None, seed=a.seed, baselines=["pop"] if pop is None else [],
-                              progress=False)
+        ecfg = EvalSection(users=a.users or None, seed=a.seed, baselines=["pop"] if pop is None else [])
+        rep = evaluate_bundle(bundle, ecfg, progress=False)
         res = rep["results"]
         llm = next(v for k, v in res.items() if k.startswith("LLM"))
         m = json.loads((Path(bundle) / "metrics.json").read_text())["train"]

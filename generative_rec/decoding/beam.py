@@ -31,10 +31,12 @@ from generative_rec.trie import Trie
 
 @dataclass
 class Ranked:
-    """Top-K for one prompt: dense item indices and their sequence log-probabilities, best first."""
+    """Top-K for one prompt: dense item indices and their sequence log-probabilities, best first; ``tokens``:
+    the generated ID tokens of each (what an independent check parses back to items, without the trie)."""
 
     items: list[int]
     scores: list[float]
+    tokens: list[tuple[int, ...]] = field(default_factory=list)
 
 
 @dataclass
@@ -89,7 +91,7 @@ def constrained_beam_search(
     num_beams = max(k, num_beams or k)
     n = len(prompts)
     excl = [Exclusion.from_items(trie, e) for e in (exclude or [None] * n)]
-    finished: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    finished: list[list[tuple[float, int, tuple[int, ...]]]] = [[] for _ in range(n)]
     beams = [Beam(p, (), Trie.ROOT, 0.0) for p in range(n)]
     stats = stats or SearchStats()
     t0 = time.perf_counter()
@@ -124,10 +126,10 @@ def constrained_beam_search(
             best_live = -np.inf
             for j in range(lo, hi):
                 node = int(cn[j])
+                parent = beams[int(cb[j])]
                 if trie.leaf_item[node] >= 0:
-                    finished[p].append((float(cs[j]), int(trie.leaf_item[node])))
+                    finished[p].append((float(cs[j]), int(trie.leaf_item[node]), parent.tokens + (int(ct[j]),)))
                 else:
-                    parent = beams[int(cb[j])]
                     new_beams.append(Beam(p, parent.tokens + (int(ct[j]),), node, float(cs[j]), int(cb[j])))
                     best_live = max(best_live, float(cs[j]))
                     live += 1
@@ -135,7 +137,7 @@ def constrained_beam_search(
                         break
             # Scores only fall as a prefix grows: once k finished items beat every live beam, stop.
             if len(finished[p]) >= k:
-                kth = sorted((s for s, _ in finished[p]), reverse=True)[k - 1]
+                kth = sorted((f[0] for f in finished[p]), reverse=True)[k - 1]
                 if best_live <= kth:
                     done.add(p)
         beams = [b for b in new_beams if b.prompt not in done]
@@ -143,7 +145,7 @@ def constrained_beam_search(
     out = []
     for p in range(n):
         best = sorted(finished[p], key=lambda x: (-x[0], x[1]))[:k]
-        out.append(Ranked([i for _, i in best], [s for s, _ in best]))
+        out.append(Ranked([f[1] for f in best], [f[0] for f in best], [f[2] for f in best]))
     return out
 
 

@@ -145,9 +145,11 @@ def hf_generate_topk(model, prompt: Sequence[int], trie: Trie, k: int, eos_id: i
 def rank_histories(model, renderer: Renderer, trie: Trie, histories: Sequence[np.ndarray], template: Template, k: int,
              max_history: int | None = None, num_beams: int | None = None, exclude: Sequence | None = None,
              batch_size: int = 16, pad_id: int = 0, progress: bool = True,
-             stats: SearchStats | None = None) -> tuple[np.ndarray, np.ndarray]:
+             stats: SearchStats | None = None, tokens: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` item indices ``[U, k]`` (-1 padded) and their sequence log-probs for each history (catalogue rows,
-    oldest first; the prompt shows the last ``max_history``), decoded by :func:`hf_topk` in length-sorted batches."""
+    oldest first; the prompt shows the last ``max_history``), decoded by :func:`hf_topk` in length-sorted batches.
+
+    ``tokens``: a list that receives, per history, the generated ID tokens of its ranked items."""
     from tqdm.auto import tqdm
 
     prompts = [renderer.prompt_ids(template, h[-max_history:] if max_history else h) for h in histories]
@@ -156,6 +158,7 @@ def rank_histories(model, renderer: Renderer, trie: Trie, histories: Sequence[np
     excl = list(exclude) if exclude is not None else [None] * len(prompts)
     # Longest prompts first, in batches of similar length (less padding).
     order = np.argsort([-len(p) for p in prompts], kind="stable")
+    generated: list = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc="decode", disable=not progress, dynamic_ncols=True)
     for lo in range(0, len(order), batch_size):
         idx = order[lo: lo + batch_size]
@@ -164,6 +167,9 @@ def rank_histories(model, renderer: Renderer, trie: Trie, histories: Sequence[np
         for i, r in zip(idx, res, strict=True):
             topk[i, : len(r.items)] = r.items
             scores[i, : len(r.scores)] = r.scores
+            generated[i] = r.tokens
         bar.update(len(idx))
     bar.close()
+    if tokens is not None:
+        tokens.extend(generated)
     return topk, scores

@@ -10,7 +10,8 @@ target in the list (``r = 0`` when it is absent):
 
 - ``HR@k   = 1[0 < r <= k]``
 - ``NDCG@k = 1 / log2(r + 1)`` if ``0 < r <= k`` else 0 (the ideal DCG of one relevant item is 1)
-- ``MRR@k  = 1 / r`` if ``0 < r <= k`` else 0; ``MRR`` is ``MRR@K`` over the whole list given.
+- ``MRR@k  = 1 / r`` if ``0 < r <= k`` else 0 (reported at each cut-off: an MRR without one would
+  silently mean "within the list width").
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def mrr(ranks: np.ndarray, k: int | None = None) -> np.ndarray:
 
 
 def accuracy(topk: np.ndarray, targets: np.ndarray, ks: Iterable[int] = KS) -> MetricResult:
-    """HR@k, NDCG@k, MRR@k for each ``k`` in ``ks`` (k no larger than the list width) and MRR.
+    """HR@k, NDCG@k, MRR@k for each ``k`` in ``ks`` (k no larger than the list width).
 
     Raises ``ValueError`` for a ``k`` wider than the lists: a metric at a cut-off that was never ranked
     would silently read as a lower number.
@@ -74,8 +75,12 @@ def accuracy(topk: np.ndarray, targets: np.ndarray, ks: Iterable[int] = KS) -> M
         per_user[f"HR@{k}"] = hit_rate(ranks, k)
         per_user[f"NDCG@{k}"] = ndcg(ranks, k)
         per_user[f"MRR@{k}"] = mrr(ranks, k)
-    per_user["MRR"] = mrr(ranks)
     return MetricResult({m: float(v.mean()) if len(v) else math.nan for m, v in per_user.items()}, per_user)
+
+
+# The columns result tables show, in order (``genrec eval``, ``genrec benchmark``); a table shows those present.
+TABLE_METRICS = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@20", "Coverage@10",
+                 "Novelty@10", "PopBias@10", "ILD@10", "Validity", "Invalid (no trie)", "Duplicate (no trie)"]
 
 
 # --------------------------------------------------------------------------- beyond accuracy

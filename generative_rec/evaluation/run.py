@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generative_rec.bundle import Bundle, load_bundle_model
+from generative_rec.bundle import Bundle
+from generative_rec.config import EvalSection
 from generative_rec.data import RecData
-from generative_rec.evaluation.llm import evaluate_llm
-from generative_rec.evaluation.metrics import format_table, paired_significance
+from generative_rec.evaluation.llm import evaluate_bundle_llm, llm_name
+from generative_rec.evaluation.metrics import TABLE_METRICS, format_table, paired_significance
 from generative_rec.evaluation.ranking import evaluate_model
 from generative_rec.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "Coverage@10",
-                 "Novelty@10", "PopBias@10", "ILD@10", "Validity"]
 
 
 def machine() -> str:
@@ -58,32 +57,27 @@ def fit_baseline(name: str, data: RecData, seed: int = 0, item_embeddings: np.nd
     return make(name, **params).fit(data, seed=seed)
 
 
-def evaluate_bundle(bundle_path: str | Path, data_path: str | Path | None = None, split: str = "test",
-                    users: int | None = None, seed: int = 0, ks=(1, 5, 10, 20), num_beams: int | None = None,
-                    batch_size: int = 16, template: str | None = None, baselines=("pop",), mask_history: bool = True,
-                    output: str | Path | None = None, progress: bool = True, explain_users: int = 0) -> dict:
-    """Evaluate a bundle's LLM and ``baselines`` on the same sample of users; write JSON + Markdown.
+def evaluate_bundle(bundle_path: str | Path, cfg: EvalSection | None = None, data_path: str | Path | None = None,
+                    output: str | Path | None = None, progress: bool = True) -> dict:
+    """Evaluate a bundle's LLM and ``cfg.baselines`` on the same sample of users; write JSON + Markdown.
 
-    ``explain_users`` > 0: also explain the held-out target and the top-1 recommendation of that many users
-    (seeded sample) and report faithfulness (and BLEU/ROUGE on review data): ``generative_rec.explain``."""
+    ``cfg`` (:class:`~generative_rec.config.EvalSection`, the ``eval:`` section of a run config) holds every
+    setting; ``cfg.explain_users`` > 0 also explains the held-out target and the top-1 recommendation of that
+    many users (seeded sample) and reports faithfulness (and BLEU/ROUGE on review data)."""
+    cfg = cfg or EvalSection()
     bundle = Bundle(bundle_path)
     data = RecData(data_path or bundle.manifest["data"]["path"])
-    if data.item_ids != bundle.item_ids:
-        raise ValueError(f"the data at {data.path} has a different catalogue than the bundle was trained on")
-    sample = data.sample_users(users, seed)
+    sample = data.sample_users(cfg.users, cfg.seed)
+    ks = tuple(cfg.ks)
     t0 = time.time()
-    model = load_bundle_model(bundle)
-    tpl = bundle.template(template)
-    res = evaluate_llm(model, bundle.renderer, bundle.trie, data, split, sample, tpl, ks=ks, num_beams=num_beams,
-                       batch_size=batch_size, pad_id=bundle.tokenizer.pad_token_id, mask_history=mask_history,
-                       max_history=bundle.manifest.get("max_history"), progress=progress)
-    name = f"LLM ({bundle.manifest.get('base_model')}, {bundle.index.scheme} IDs)"
+    res = evaluate_bundle_llm(bundle, data, sample, cfg, progress=progress)
+    name = llm_name(bundle)
     table = {name: {**res["metrics"], "users/s": round(res["users_per_s"], 2)}}
     per_user = {name: res["per_user"]["NDCG@10"]} if 10 in ks else {}
-    for b in baselines:
+    for b in cfg.baselines:
         tb = time.time()
-        model_b = fit_baseline(b, data, seed)
-        ev = evaluate_model(model_b.score, data, split, sample, tuple(ks), mask_history)
+        model_b = fit_baseline(b, data, cfg.seed)
+        ev = evaluate_model(model_b.score, data, cfg.split, sample, ks, cfg.mask_history)
         table[b] = {**ev.means, "fit_s": round(time.time() - tb, 1)}
         if 10 in ks:
             per_user[b] = ev.per_user["NDCG@10"]
@@ -94,18 +88,19 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path | None = None
         t = paired_significance(per_user[name], per_user[best])
         sig = {"vs": best, "metric": "NDCG@10", **t.__dict__}
     report = {
-        "bundle": str(bundle.path), "data": str(data.path), "split": split, "users": len(sample),
-        "user_sample": {"n": users, "seed": seed}, "mask_history": mask_history,
-        "template": tpl.key, "results": table, "significance": sig,
+        "bundle": str(bundle.path), "data": str(data.path), "split": cfg.split, "users": len(sample),
+        "user_sample": {"n": cfg.users, "seed": cfg.seed}, "mask_history": cfg.mask_history,
+        "template": res["template"], "results": table, "significance": sig,
         "llm_decode": res["decode_stats"], "llm_seconds": round(res["seconds"], 1),
         "machine": machine(), "commit": git_commit(), "wall_s": round(time.time() - t0, 1),
         "examples": example_rows(bundle, data, res, n=3),
     }
-    if explain_users > 0:
+    if cfg.explain_users > 0:
         from generative_rec.explain.evaluate import evaluate_bundle_explanations
 
-        report["explanations"] = evaluate_bundle_explanations(bundle, data, split, n=explain_users, seed=seed,
-                                                              model=model, batch_size=batch_size, progress=progress)
+        report["explanations"] = evaluate_bundle_explanations(bundle, data, cfg.split, n=cfg.explain_users,
+                                                              seed=cfg.seed, model=res["model"],
+                                                              batch_size=cfg.batch_size, progress=progress)
     cols = [m for m in TABLE_METRICS if any(m in r for r in table.values())]
     report["table"] = format_table(table, cols)
     if output:

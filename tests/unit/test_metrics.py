@@ -69,7 +69,8 @@ def test_accuracy_means_and_per_user():
     assert r.means["HR@5"] == pytest.approx(2 / 3)
     assert r.means["NDCG@5"] == pytest.approx(0.5)
     assert r.means["NDCG@1"] == pytest.approx(1 / 3)
-    assert r.means["MRR"] == pytest.approx(4 / 9)
+    assert r.means["MRR@5"] == pytest.approx(4 / 9)
+    assert "MRR" not in r.means  # every MRR names its cut-off
     assert r.means["MRR@1"] == pytest.approx(1 / 3)
     assert r.per_user["NDCG@5"].tolist() == [0.5, 0.0, 1.0]
     assert set(r.means) == set(r.per_user)
@@ -206,4 +207,3 @@ def test_metric_bounds_and_monotonicity(n_users, width, seed):
         assert r.means[f"MRR@{k}"] <= r.means[f"NDCG@{k}"] + 1e-12
         if k > 1:
             assert r.means[f"HR@{k}"] >= r.means[f"HR@{k - 1}"]
-    assert r.means["MRR"] == pytest.approx(r.means[f"MRR@{width}"])
