@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("pop", "itemknn", "bpr", "sasrec", "lightgcn", "content_knn", "mf_llm_init", "llm")
 CONTENT_MODELS = ("content_knn", "mf_llm_init")  # need item embeddings from the LLM's base model
 KS = (1, 5, 10, 20)
-TABLE_METRICS = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "Coverage@10",
-                 "Novelty@10", "PopBias@10", "ILD@10", "Validity"]
 TARGET_RATIO = 1.3  # the issue's bar: LLM NDCG@10 >= 1.3 x the best classic baseline (full tier, GPU)
 
 
@@ -167,25 +165,22 @@ def run_baseline(name: str, data, users: np.ndarray, tier: Tier, seed: int, ks: 
 
 def run_llm(bundle_path: Path, data, users: np.ndarray, tier: Tier, ks: tuple[int, ...],
             progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """Trie-constrained top-K of the bundle's LLM for the test users (history masked)."""
-    from generative_rec.bundle import Bundle, load_bundle_model
-    from generative_rec.evaluation.llm import evaluate_llm
+    """Trie-constrained top-K of the bundle's LLM for the test users (history masked): the same path as
+    ``genrec eval`` (:func:`~generative_rec.evaluation.llm.evaluate_bundle_llm`)."""
+    from generative_rec.bundle import Bundle
+    from generative_rec.config import EvalSection
+    from generative_rec.evaluation.llm import evaluate_bundle_llm
 
     bundle = Bundle(bundle_path)
-    if data.item_ids != bundle.item_ids:
-        raise ConfigError(f"the bundle {bundle_path} was trained on another catalogue than {data.path}")
-    model = load_bundle_model(bundle)
-    tpl = bundle.template()
-    res = evaluate_llm(model, bundle.renderer, bundle.trie, data, "test", users, tpl, ks=ks,
-                       batch_size=tier.llm_batch_size, pad_id=bundle.tokenizer.pad_token_id, mask_history=True,
-                       max_history=bundle.manifest.get("max_history"), progress=progress)
+    cfg = EvalSection(split="test", ks=list(ks), batch_size=tier.llm_batch_size, mask_history=True, baselines=[])
+    res = evaluate_bundle_llm(bundle, data, users, cfg, progress=progress)
     train = bundle.metrics.get("train", {})
     cfg_file = bundle.path / "config.yaml"
     run_cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
     record = {
         "model": "llm", "kind": "llm", "metrics": res["metrics"], "seed": None,
         "params": {"bundle": str(bundle.path), "base_model": bundle.manifest.get("base_model"),
-                   "scheme": bundle.index.scheme, "template": tpl.key,
+                   "scheme": bundle.index.scheme, "template": res["template"],
                    "max_history": bundle.manifest.get("max_history"), "steps": train.get("steps")},
         "fit_s": train.get("train_seconds"), "tune_s": None, "eval_s": res["seconds"],
         "users_per_s": res["users_per_s"], "decode_stats": res["decode_stats"],
@@ -408,7 +403,7 @@ def comparison_text(c: dict) -> str:
 
 
 def results_table(records: dict[str, dict]) -> str:
-    from generative_rec.evaluation.metrics import format_table
+    from generative_rec.evaluation.metrics import TABLE_METRICS, format_table
 
     rows = {name: r["metrics"] for name, r in records.items()}
     cols = [m for m in TABLE_METRICS if any(m in r for r in rows.values())]
