@@ -3,7 +3,9 @@
 Protocol: leave-one-out, all 943 users, full ranking over all 1682 items, the user's history masked.
 Every model trains on ``RecData.train_sequences()`` only; each point of its grid is fitted (early
 stopping on validation NDCG@10 where the model trains iteratively), the configuration with the best
-validation NDCG@10 is kept and evaluated once on the test split.
+validation NDCG@10 is kept and evaluated once on the test split — by ``genrec benchmark``'s own
+:func:`~generative_rec.benchmark.run_baseline` (one evaluation path); this script adds the item-embedding
+choices for the content models, the textbook item-kNN and a paired test of every pair.
 
 Command (one CPU thread; ~15-25 min on a shared 2-core machine)::
 
@@ -30,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from generative_rec.benchmark import CONTENT_MODELS, KS, Tier, run_baseline
 from generative_rec.data import RecData
-from generative_rec.evaluation.baselines import BASELINES, tune
+from generative_rec.evaluation.baselines import BASELINES
 from generative_rec.evaluation.metrics import format_table, paired_significance
-from generative_rec.evaluation.ranking import evaluate_model
 from generative_rec.io import atomic_write_json
 
 MODELS = ("pop", "itemknn", "itemknn_classic", "bpr", "lightgcn", "sasrec", "content_knn", "mf_llm_init")
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     table: dict[str, dict] = {}
     per_user: dict[str, np.ndarray] = {}
     records: dict[str, dict] = {}
+    users = np.arange(data.num_users)
     for name in args.models.split(","):
         model_name = "itemknn" if name == "itemknn_classic" else name
         if model_name not in BASELINES:
@@ -96,20 +99,20 @@ def main(argv: list[str] | None = None) -> dict:
         grid = QUICK.get(model_name) if args.quick else None
         if name == "itemknn_classic":  # the textbook item-kNN: unweighted history
             grid = {**(grid or BASELINES["itemknn"].grid), "decay": [1.0]}
-        fixed = {"item_embeddings": emb} if model_name in ("content_knn", "mf_llm_init") else None
-        label = f"{name} [{emb_name}]" if fixed else name
-        res = tune(model_name, data, grid=grid, fixed=fixed, seed=args.seed)
-        ev = evaluate_model(res.model.score, data, "test")
-        best_fit_s = next(t["fit_s"] for t in res.trials if t["params"] == res.params)
-        table[label] = {**{m: ev.means[m] for m in COLUMNS[:8]}, "valid NDCG@10": res.valid_score,
-                        "fit_s": f"{best_fit_s:.1f}", "tune_s": f"{res.seconds:.1f}",
-                        "best params": ", ".join(f"{k}={v}" for k, v in res.params.items()) or "-"}
-        per_user[label] = ev.per_user["NDCG@10"]
-        records[label] = {"params": res.params, "valid": res.valid_score, "trials": res.trials, "seed": args.seed,
-                          "fit_info": {k: v for k, v in res.model.fit_info.items() if k != "curve"},
-                          "test": ev.means}
-        print(f"{label}: test HR@10 {ev.means['HR@10']:.4f} NDCG@10 {ev.means['NDCG@10']:.4f} "
-              f"(valid {res.valid_score:.4f}, {res.params}, tune {res.seconds:.0f}s)", flush=True)
+        content = model_name in CONTENT_MODELS
+        label = f"{name} [{emb_name}]" if content else name
+        # the benchmark's own runner: tuned on validation NDCG@10, evaluated once on the test users
+        tier = Tier("bench", "", grids={model_name: grid} if grid else {})
+        rec, arrays = run_baseline(model_name, data, users, tier, args.seed, KS, emb if content else None)
+        m, best_fit_s = rec["metrics"], next(t["fit_s"] for t in rec["trials"] if t["params"] == rec["params"])
+        table[label] = {**{c: m[c] for c in COLUMNS[:8]}, "valid NDCG@10": rec["valid_NDCG@10"],
+                        "fit_s": f"{best_fit_s:.1f}", "tune_s": f"{rec['tune_s']:.1f}",
+                        "best params": ", ".join(f"{k}={v}" for k, v in rec["params"].items()) or "-"}
+        per_user[label] = arrays["NDCG@10"]
+        records[label] = {"params": rec["params"], "valid": rec["valid_NDCG@10"], "trials": rec["trials"],
+                          "seed": args.seed, "fit_info": rec["fit_info"], "test": m}
+        print(f"{label}: test HR@10 {m['HR@10']:.4f} NDCG@10 {m['NDCG@10']:.4f} "
+              f"(valid {rec['valid_NDCG@10']:.4f}, {rec['params']}, tune {rec['tune_s']:.0f}s)", flush=True)
 
     best = max(per_user, key=lambda m: per_user[m].mean())
     sig = {}

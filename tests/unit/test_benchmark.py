@@ -117,8 +117,8 @@ def test_resume_skips_finished_models(finished, tiny_data, tiny_bundle, tmp_path
         ran.append(name)
         return real(name, *a, **kw)
 
-    monkeypatch.setattr(benchmark, "run_baseline", counting)
-    monkeypatch.setattr(benchmark, "run_llm", lambda *a, **kw: pytest.fail("the LLM result was kept"))
+    monkeypatch.setattr(benchmark.runner, "run_baseline", counting)
+    monkeypatch.setattr(benchmark.runner, "run_llm", lambda *a, **kw: pytest.fail("the LLM result was kept"))
     rep2 = benchmark.run_benchmark(tiny_data, models=MODELS, bundle=tiny_bundle, output=copy, resume=True,
                                    progress=False)
     assert ran == ["itemknn"]
