@@ -207,3 +207,22 @@ def test_metric_bounds_and_monotonicity(n_users, width, seed):
         assert r.means[f"MRR@{k}"] <= r.means[f"NDCG@{k}"] + 1e-12
         if k > 1:
             assert r.means[f"HR@{k}"] >= r.means[f"HR@{k - 1}"]
+
+
+def test_the_worked_example_of_a_new_metric():
+    """docs/evaluation.md's "Adding a metric" example runs as written (its function, then its test)."""
+    import re
+
+    from helpers import REPO
+
+    import generative_rec.evaluation.metrics as metrics_module
+
+    text = (REPO / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    metric = next(b for b in blocks if b.startswith("# generative_rec/evaluation/metrics.py"))
+    test = next(b for b in blocks if b.startswith("# tests/unit/test_metrics.py"))
+    ns = dict(vars(metrics_module))
+    exec(metric, ns)
+    exec(test, ns)
+    ns["test_gini"]()
+    assert ns["gini"](np.array([[0, 0]]), num_items=1, k=2).means["Gini@2"] == 0.0
