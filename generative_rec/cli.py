@@ -40,14 +40,30 @@ def cmd_prepare(a) -> None:
     print(f"{out}: {meta['num_users']} users, {meta['num_items']} items, {meta['num_interactions']} interactions")
 
 
+class _LazyEpilogFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks; a callable epilog is computed only when the help is shown."""
+
+    def add_text(self, text):
+        super().add_text(text() if callable(text) else text)
+
+
+def _scheme_options_help() -> str:
+    from generative_rec.indexing import SCHEME_OPTIONS
+    from generative_rec.options import help_text
+
+    return help_text("scheme options (--options / index.options; name: type = default; docs/options.md):",
+                     SCHEME_OPTIONS)
+
+
 def cmd_index(a) -> None:
     from generative_rec.data import RecData
     from generative_rec.indexing import IndexConfig, build_index
     from generative_rec.io import atomic_dir
     from generative_rec.modeling import resolve_model
 
+    cfg = IndexConfig(scheme=a.scheme, seed=a.seed, options=yaml.safe_load(a.options or "{}"))  # checked here
     data = RecData(a.data)
-    index = build_index(data, IndexConfig(scheme=a.scheme, seed=a.seed, options=yaml.safe_load(a.options or "{}")))
+    index = build_index(data, cfg)
     print(index.describe())
     if a.output:
         with atomic_dir(a.output, overwrite=a.overwrite) as tmp:
@@ -140,11 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_prepare)
 
-    s = sub.add_parser("index", help="build an item index (and, with --model, its trie) for inspection")
+    s = sub.add_parser("index", help="build an item index (and, with --model, its trie) for inspection",
+                       formatter_class=_LazyEpilogFormatter, epilog=_scheme_options_help)
     s.add_argument("--data", required=True)
     s.add_argument("--scheme", default="atomic")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--options", help="scheme options as YAML, e.g. '{levels: 3}'")
+    s.add_argument("--options", help="scheme options as YAML, e.g. '{levels: 3}' (per scheme: below)")
     s.add_argument("--model", help="tokenizer to build the trie with (e.g. smollm2-135m)")
     s.add_argument("--output")
     s.add_argument("--overwrite", action="store_true")

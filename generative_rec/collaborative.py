@@ -76,14 +76,18 @@ class CollaborativeSection:
             raise ConfigError("model.collaborative.input_share / output_share must lie in [0, 1]")
         if self.distill < 0 or self.temperature <= 0:
             raise ConfigError("model.collaborative.distill must be >= 0 and temperature > 0")
-        if self.source is not None:
-            from generative_rec.evaluation.baselines import BASELINES
+        if self.source is not None:  # the source's hyper-parameters, checked by its options dataclass
+            from generative_rec.evaluation.baselines import BASELINE_OPTIONS, baseline_options
 
-            names = {f.name for f in dataclasses.fields(BASELINES[self.source])}
+            names = {f.name for f in dataclasses.fields(BASELINE_OPTIONS[self.source])}
             unknown = sorted(set(self.params) - names)
             if unknown:
                 raise ConfigError(f"model.collaborative.params: {self.source} has no parameter(s) {unknown}; "
                                   f"known: {sorted(names)}")
+            try:
+                baseline_options(self.source, {**self.params, "epochs": self.epochs})
+            except ConfigError as e:
+                raise ConfigError(f"model.collaborative.params: {e}") from None
 
     @property
     def enabled(self) -> bool:

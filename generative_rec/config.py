@@ -8,8 +8,6 @@ Command lines override single values with ``--set section.key=value`` (YAML synt
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from generative_rec.collaborative import CollaborativeSection
 from generative_rec.errors import ConfigError
 from generative_rec.indexing.base import IndexConfig
 from generative_rec.modeling import LoraSettings
+from generative_rec.options import _coerce, from_dict  # noqa: F401  (re-exported: config.from_dict)
 
 
 @dataclass
@@ -109,56 +108,7 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------- loading
-def from_dict(cls, d: dict, where: str = ""):
-    """Build dataclass ``cls`` from a dict, recursing into dataclass fields; unknown keys are errors."""
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for k, v in d.items():
-        t = hints[k]
-        if dataclasses.is_dataclass(t):
-            kwargs[k] = from_dict(t, v, f"{where}.{k}" if where else k)
-        else:
-            kwargs[k] = _coerce(v, t, f"{where}.{k}" if where else k)
-    return cls(**kwargs)
-
-
-def _coerce(v, t, where: str):
-    origin = typing.get_origin(t)
-    args = typing.get_args(t)
-    if origin in (typing.Union, types.UnionType):
-        if v is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(v, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {v!r} does not fit {t}")
-    if t is float and isinstance(v, int | float) and not isinstance(v, bool):
-        return float(v)
-    if t is int and isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if t is bool and isinstance(v, bool):
-        return v
-    if t is str and isinstance(v, str):
-        return v
-    if origin is list and isinstance(v, list):
-        return [_coerce(x, args[0], where) for x in v] if args else v
-    if (t is dict or origin is dict) and isinstance(v, dict):
-        return v
-    if t is typing.Any:
-        return v
-    raise ConfigError(f"{where}: {v!r} is not a valid {getattr(t, '__name__', t)}")
+# from_dict (strict keys and types) lives in generative_rec.options, shared with scheme and baseline options.
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -1,4 +1,5 @@
-"""Item ID schemes. Importing this package registers every scheme in ``SCHEMES``."""
+"""Item ID schemes. Importing this package registers every scheme in ``SCHEMES`` (and its options dataclass
+in ``SCHEME_OPTIONS``)."""
 
 from generative_rec.indexing import (  # noqa: F401  (registration)
     atomic,
@@ -8,6 +9,14 @@ from generative_rec.indexing import (  # noqa: F401  (registration)
     sequential,
     title,
 )
-from generative_rec.indexing.base import SCHEMES, IndexConfig, ItemIndex, build_index, register
+from generative_rec.indexing.base import (
+    SCHEME_OPTIONS,
+    SCHEMES,
+    IndexConfig,
+    ItemIndex,
+    build_index,
+    register,
+    scheme_options,
+)
 
-__all__ = ["SCHEMES", "IndexConfig", "ItemIndex", "build_index", "register"]
+__all__ = ["SCHEMES", "SCHEME_OPTIONS", "IndexConfig", "ItemIndex", "build_index", "register", "scheme_options"]

@@ -7,12 +7,20 @@ Shortest possible ID (one decoding step) at the cost of one new embedding row pe
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from generative_rec.indexing.base import IndexConfig, ItemIndex, register
 
 
-@register("atomic")
-def build(data, cfg: IndexConfig) -> ItemIndex:
-    fmt = cfg.options.get("format", "<item_{n}>")
+@dataclass
+class AtomicOptions:
+    format: str = field(default="<item_{n}>", metadata={
+        "help": "token name; {n} is the item's catalogue position"})
+
+
+@register("atomic", AtomicOptions)
+def build(data, cfg: IndexConfig, options: AtomicOptions) -> ItemIndex:
+    fmt = options.format
     toks = [fmt.format(n=n) for n in range(data.num_items)]
     return ItemIndex(
         scheme="atomic", item_ids=list(data.item_ids), id_texts=toks, new_tokens=toks,

@@ -1,8 +1,12 @@
 """The item index: item <-> ID text <-> token ids, plus the registry of ID schemes.
 
-Every scheme is one small module exposing ``build(data: RecData, cfg: IndexConfig) -> ItemIndex`` and
-registered with ``@register("name")``. An :class:`ItemIndex` is plain data (JSON on disk) so a bundle can
-carry it to serving unchanged.
+Every scheme is one small module exposing ``build(data: RecData, cfg: IndexConfig, options) -> ItemIndex``,
+registered with ``@register("name", OptionsClass)``: ``OptionsClass`` is a dataclass whose fields (defaults
+and ``metadata={"help": ...}``) are the scheme's ``index.options``. ``cfg.options`` stays a plain mapping
+(YAML, ``index.json`` metadata) and is converted by :func:`scheme_options` with the strict rules of the run
+config: an unknown key or a wrong type is a :class:`ConfigError` naming it; a scheme without options
+accepts only ``{}``. ``genrec index --help`` and ``docs/options.md`` list every scheme's options.
+An :class:`ItemIndex` is plain data (JSON on disk) so a bundle can carry it to serving unchanged.
 
 Contract every scheme keeps:
 
@@ -14,15 +18,17 @@ Contract every scheme keeps:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from generative_rec.errors import ConfigError
 from generative_rec.io import atomic_write_json, read_json
+from generative_rec.options import NoOptions, from_dict
 
 if TYPE_CHECKING:
     from generative_rec.data import RecData
@@ -33,7 +39,11 @@ if TYPE_CHECKING:
 class IndexConfig:
     scheme: str = field(default="atomic", metadata={"help": "ID scheme: " + "atomic | sequential | random | title | collaborative | semantic"})
     seed: int = 0
-    options: dict = field(default_factory=dict, metadata={"help": "scheme-specific options"})
+    options: dict = field(default_factory=dict, metadata={
+        "help": "scheme-specific options (per scheme: genrec index --help, docs/options.md)"})
+
+    def __post_init__(self) -> None:
+        scheme_options(self.scheme, self.options)  # unknown scheme, unknown option or wrong type: ConfigError
 
 
 @dataclass
@@ -92,22 +102,43 @@ class ItemIndex:
 
 Builder = Callable[["RecData", IndexConfig], ItemIndex]
 SCHEMES: dict[str, Builder] = {}
+SCHEME_OPTIONS: dict[str, type] = {}  # scheme -> its options dataclass
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
-        SCHEMES[name] = fn
+def register(name: str, options: type = NoOptions) -> Callable[[Callable], Callable]:
+    """Decorator: list ``build(data, cfg, options)`` as scheme ``name`` whose options are the dataclass
+    ``options``. ``SCHEMES[name](data, cfg)`` converts ``cfg.options`` first (:func:`scheme_options`)."""
+
+    def deco(fn: Callable[[RecData, IndexConfig, Any], ItemIndex]) -> Callable:
+        @functools.wraps(fn)
+        def builder(data: RecData, cfg: IndexConfig) -> ItemIndex:
+            return fn(data, cfg, scheme_options(name, cfg.options))
+
+        SCHEMES[name] = builder
+        SCHEME_OPTIONS[name] = options
         return fn
 
     return deco
 
 
+def scheme_options(scheme: str, options: dict | None) -> Any:
+    """``options`` (a mapping, e.g. ``index.options`` of a run config) as scheme ``scheme``'s typed options
+    dataclass, with its defaults for missing keys. Unknown scheme, unknown key or wrong type: ConfigError.
+    (The schemes are registered: importing this module first runs the package's ``__init__``.)"""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown ID scheme {scheme!r}; available: {', '.join(sorted(SCHEMES))}")
+    cls = SCHEME_OPTIONS[scheme]
+    if cls is NoOptions and options:
+        raise ConfigError(f"index.options: scheme {scheme!r} takes no options, got {sorted(options, key=str)}")
+    try:
+        return from_dict(cls, options, where="index.options")
+    except ConfigError as e:
+        raise ConfigError(f"{e} (scheme {scheme!r})") from None
+
+
 def build_index(data: RecData, cfg: IndexConfig) -> ItemIndex:
     """Build the item index of ``cfg.scheme`` for ``data`` (records the build time in ``meta``)."""
-    from generative_rec import indexing  # noqa: F401  (registers the schemes)
-
-    if cfg.scheme not in SCHEMES:
-        raise ConfigError(f"unknown ID scheme {cfg.scheme!r}; available: {', '.join(sorted(SCHEMES))}")
+    scheme_options(cfg.scheme, cfg.options)  # unknown scheme / option: ConfigError (also if changed after init)
     t0 = time.perf_counter()
     index = SCHEMES[cfg.scheme](data, cfg)
     index.meta.setdefault("build_seconds", round(time.perf_counter() - t0, 4))

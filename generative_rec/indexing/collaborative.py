@@ -28,6 +28,8 @@ The cost is ``levels * (k + 1)`` new rows at most (about a hundred for MovieLens
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import eigh
@@ -106,10 +108,17 @@ def pad_paths(paths: dict[int, tuple[int, ...]], depth: int) -> dict[int, tuple[
     return {i: (*p[:-1], *([0] * (depth - len(p))), p[-1]) for i, p in paths.items()}
 
 
-@register("collaborative")
-def build(data, cfg: IndexConfig) -> ItemIndex:
-    k = int(cfg.options.get("k", 32))
-    window = int(cfg.options.get("window", 10))
+@dataclass
+class CollaborativeOptions:
+    k: int = field(default=32, metadata={"help": "clusters per level (a cluster of at most k items is a leaf)"})
+    window: int = field(default=10, metadata={
+        "help": "two items co-occur when at most this many positions apart in a training sequence"})
+
+
+@register("collaborative", CollaborativeOptions)
+def build(data, cfg: IndexConfig, options: CollaborativeOptions) -> ItemIndex:
+    k = options.k
+    window = options.window
     if k < 2:
         raise ValueError("collaborative IDs need k >= 2")
     n = data.num_items

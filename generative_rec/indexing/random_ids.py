@@ -11,16 +11,24 @@ No new tokens; uses no interaction data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from generative_rec.indexing.base import IndexConfig, ItemIndex, register
 
 
-@register("random")
-def build(data, cfg: IndexConfig) -> ItemIndex:
+@dataclass
+class RandomOptions:
+    width: int | None = field(default=None, metadata={
+        "help": "digits per ID; null: one more than the catalogue size needs"})
+
+
+@register("random", RandomOptions)
+def build(data, cfg: IndexConfig, options: RandomOptions) -> ItemIndex:
     n = data.num_items
     min_width = len(str(max(n - 1, 0)))
-    width = int(cfg.options.get("width", min_width + 1))
+    width = options.width if options.width is not None else min_width + 1
     if 10 ** width < n:
         raise ValueError(f"width {width} has room for {10 ** width} IDs, the catalogue has {n} items")
     rng = np.random.default_rng(cfg.seed)

@@ -2,8 +2,8 @@
 
 Items with similar text share ID prefixes, and a new item can be coded from its text alone. Steps:
 
-1. **embeddings** — one vector per item text (``RecData.texts``), from ``options``:
-   ``embeddings``: an ``.npy`` path (or, when calling :func:`build_from_embeddings`, an array or a
+1. **embeddings** — one vector per item text (``RecData.texts``), from ``options`` (:class:`SemanticOptions`):
+   ``embeddings``: an ``.npy`` path (or, calling :func:`build_from_embeddings`, an array or a
    ``texts -> array`` callable), else ``encoder``: ``minilm`` (default: the sentence encoder) or ``llm``
    (mean-pooled hidden states of the causal LM at ``model_path``, default the converted SmolLM2), cached
    on disk. MiniLM is the default because its codes group related items far better on MovieLens (genre
@@ -34,14 +34,36 @@ from __future__ import annotations
 import hashlib
 import string
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from generative_rec.indexing.base import IndexConfig, ItemIndex, register
+from generative_rec.indexing.base import IndexConfig, ItemIndex, register, scheme_options
 from generative_rec.indexing.kmeans import kmeans, sq_dists
 
 Embeddings = np.ndarray | str | Path | Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class SemanticOptions:
+    embeddings: str | None = field(default=None, metadata={
+        "help": ".npy file of item embeddings [num_items, dim] (then encoder is not used)"})
+    encoder: str = field(default="minilm", metadata={
+        "help": "minilm (sentence encoder) | llm (mean-pooled hidden states of the causal LM at model_path)"})
+    model_path: str | None = field(default=None, metadata={
+        "help": "the causal LM of encoder llm (null: the converted SmolLM2)"})
+    levels: int = field(default=3, metadata={"help": "k-means levels (codes per ID before disambiguation), 1..25"})
+    codebook_size: int | None = field(default=None, metadata={
+        "help": "centroids per level; null: about twice the levels-th root of the catalogue size, "
+                "a power of two in [8, 256]"})
+    pca_dim: int | None = field(default=64, metadata={
+        "help": "principal components kept after normalising (null: all)"})
+    iters: int = field(default=50, metadata={"help": "k-means iterations per level"})
+    unique_last_level: bool = field(default=True, metadata={
+        "help": "choose the last code by a one-to-one assignment within each group (fewer shared codes)"})
+    codebooks_path: str | None = field(default=None, metadata={
+        "help": "also save the normaliser and centroids here (.npz) to code new items with encode()"})
 
 
 def default_codebook_size(n: int, levels: int) -> int:
@@ -123,39 +145,37 @@ def encode(x: np.ndarray, codebooks: dict[str, np.ndarray]) -> np.ndarray:
     return codes
 
 
-def load_embeddings(data, options: dict) -> tuple[np.ndarray, str]:
+def load_embeddings(data, options: SemanticOptions) -> tuple[np.ndarray, str]:
     """The item embeddings ``options`` ask for, and a short description of where they came from."""
-    src = options.get("embeddings")
-    if isinstance(src, np.ndarray):
-        return src, "array"
-    if callable(src):
-        return np.asarray(src(list(data.texts))), "callable"
-    if isinstance(src, str | Path):
-        return np.load(src), f"file:{src}"
+    if options.embeddings:
+        return np.load(options.embeddings), f"file:{options.embeddings}"
     from generative_rec.embeddings import embed_texts
 
-    encoder = options.get("encoder", "minilm")
-    return embed_texts(list(data.texts), encoder=encoder, model_path=options.get("model_path")), encoder
+    encoder = options.encoder
+    return embed_texts(list(data.texts), encoder=encoder, model_path=options.model_path), encoder
 
 
-def build_from_embeddings(data, cfg: IndexConfig, emb: np.ndarray, source: str = "array") -> ItemIndex:
-    """The semantic index of ``data`` from precomputed item embeddings ``emb`` ``[num_items, dim]``."""
-    o = cfg.options
+def build_from_embeddings(data, cfg: IndexConfig, emb: np.ndarray | Callable[[list[str]], np.ndarray],
+                          source: str = "array") -> ItemIndex:
+    """The semantic index of ``data`` from precomputed item embeddings ``emb`` ``[num_items, dim]`` (or a
+    ``texts -> embeddings`` callable); ``cfg.options`` as for the scheme (``embeddings``/``encoder`` unused)."""
+    o: SemanticOptions = scheme_options("semantic", cfg.options)
+    if callable(emb):
+        emb, source = emb(list(data.texts)), "callable"
     emb = np.asarray(emb, dtype=np.float64)
     n = data.num_items
     if emb.ndim != 2 or len(emb) != n:
         raise ValueError(f"embeddings have shape {emb.shape}, expected ({n}, dim)")
     if not np.isfinite(emb).all():
         raise ValueError("embeddings contain NaN or inf")
-    levels = int(o.get("levels", 3))
+    levels = o.levels
     if not 1 <= levels <= 25:
         raise ValueError("levels must be in 1..25 (one letter per level plus one for disambiguation)")
-    k = int(o.get("codebook_size", default_codebook_size(n, levels)))
-    pca_dim = o.get("pca_dim", 64)
+    k = o.codebook_size if o.codebook_size is not None else default_codebook_size(n, levels)
+    pca_dim = o.pca_dim
     rng = np.random.default_rng(cfg.seed)
     norm = normaliser(emb, pca_dim)
-    codes, books, errors = residual_kmeans(normalise(emb, norm), levels, k, rng, int(o.get("iters", 50)),
-                                          bool(o.get("unique_last_level", True)))
+    codes, books, errors = residual_kmeans(normalise(emb, norm), levels, k, rng, o.iters, o.unique_last_level)
 
     groups: dict[tuple[int, ...], list[int]] = {}
     for i in range(n):
@@ -184,8 +204,8 @@ def build_from_embeddings(data, cfg: IndexConfig, emb: np.ndarray, source: str =
         "disambiguated_items": sum(len(g) for g in groups.values() if len(g) > 1),
         "max_shared": max(len(g) for g in groups.values()), "codes": full,
     }
-    if o.get("codebooks_path"):
-        path = Path(o["codebooks_path"])
+    if o.codebooks_path:
+        path = Path(o.codebooks_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, levels=levels, **norm, **{f"level{lvl}": b for lvl, b in enumerate(books)})
         meta["codebooks_path"] = str(path)
@@ -193,7 +213,7 @@ def build_from_embeddings(data, cfg: IndexConfig, emb: np.ndarray, source: str =
                      token_items={t: token_items[t] for t in new_tokens}, meta=meta)
 
 
-@register("semantic")
-def build(data, cfg: IndexConfig) -> ItemIndex:
-    emb, source = load_embeddings(data, cfg.options)
+@register("semantic", SemanticOptions)
+def build(data, cfg: IndexConfig, options: SemanticOptions) -> ItemIndex:
+    emb, source = load_embeddings(data, options)
     return build_from_embeddings(data, cfg, emb, source)

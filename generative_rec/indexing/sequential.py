@@ -9,12 +9,19 @@ No new tokens: digits are ordinary tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from generative_rec.indexing.base import IndexConfig, ItemIndex, first_appearance_order, register
 
 
-@register("sequential")
-def build(data, cfg: IndexConfig) -> ItemIndex:
-    start = int(cfg.options.get("start", 1))
+@dataclass
+class SequentialOptions:
+    start: int = field(default=1, metadata={"help": "number of the first item"})
+
+
+@register("sequential", SequentialOptions)
+def build(data, cfg: IndexConfig, options: SequentialOptions) -> ItemIndex:
+    start = options.start
     order = first_appearance_order(data)
     width = len(str(start + len(order) - 1))
     ids = [""] * data.num_items

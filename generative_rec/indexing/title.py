@@ -25,6 +25,7 @@ import re
 from collections import Counter
 
 from generative_rec.indexing.base import IndexConfig, ItemIndex, register
+from generative_rec.options import NoOptions
 
 QUOTE = '"'
 
@@ -53,8 +54,8 @@ def unique_titles(titles: list[str], item_ids: list[str]) -> list[str]:
     return out
 
 
-@register("title")
-def build(data, cfg: IndexConfig) -> ItemIndex:
+@register("title")  # no options
+def build(data, cfg: IndexConfig, options: NoOptions) -> ItemIndex:
     titles = unique_titles(list(data.titles), list(data.item_ids))
     ids = [f"{QUOTE}{t}{QUOTE}" for t in titles]
     clean = Counter(clean_title(t, i) for t, i in zip(data.titles, data.item_ids, strict=True))

@@ -4,18 +4,26 @@ items during training, determinism, tuning; and the ranking helpers they are eva
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from generative_rec.data import PrepareConfig, RecData, prepare
-from generative_rec.evaluation.baselines import BASELINES, make, tune
+from generative_rec.errors import ConfigError
+from generative_rec.evaluation.baselines import BASELINE_OPTIONS, BASELINES, baseline_options, make, tune
+from generative_rec.evaluation.baselines.base import runtime_inputs
 from generative_rec.evaluation.baselines.common import NegativeSampler, early_stopping, train_pairs
 from generative_rec.evaluation.baselines.mf_llm_init import pca_init
 from generative_rec.evaluation.baselines.sasrec import windows
 from generative_rec.evaluation.ranking import evaluate_model, rank_full, topk_indices
+from generative_rec.options import values
 
 N_REGULAR = 12          # items 0..11 appear in training sequences
 TEST_ONLY = (12, 13)    # appear only as test targets
@@ -120,8 +128,12 @@ def test_ranks_full_catalogue_with_history_masked(data, name):
     assert r.targets.tolist() == [int(s[-1]) for s in data.sequences]
 
     ev = evaluate_model(model.score, data, "test", ks=(1, 5, 10))
-    assert 0.0 <= ev.means["NDCG@10"] <= ev.means["HR@10"] <= 1.0
     assert ev.per_user["NDCG@10"].shape == (N_USERS,)
+    # the means are the per-user means of ranks read off the full ranking above
+    ranks = np.array([list(row).index(t) + 1 if t in row else 0 for row, t in zip(r.topk, r.targets, strict=True)])
+    hit10 = (ranks > 0) & (ranks <= 10)
+    assert ev.means["HR@10"] == pytest.approx(hit10.mean())
+    assert ev.means["NDCG@10"] == pytest.approx(np.where(hit10, 1 / np.log2(ranks + 1), 0).mean())
     assert {"Coverage@10", "Novelty@10", "PopBias@10", "ILD@10"} <= set(ev.means)
 
 
@@ -194,6 +206,112 @@ def test_tune_picks_best_on_validation(data):
     best = max(res.trials, key=lambda t: t["valid"])
     assert res.params == best["params"] and res.valid_score == best["valid"]
     assert res.model.k == res.params["k"]
+
+
+# ------------------------------------------------------------------------------------------------ options
+REPO = Path(__file__).parents[2]
+_BPR = {"dim": 128, "lr": 2e-3, "reg": 1e-4, "batch_size": 1024, "epochs": 200, "eval_every": 5, "patience": 5,
+        "init_std": 0.1}
+# The dataclass defaults every baseline had before its options class (behaviour must not change).
+PREVIOUS_DEFAULTS = {
+    "pop": {},
+    "itemknn": {"k": 50, "shrink": 10.0, "decay": 0.5, "block": 1024},
+    "bpr": _BPR,
+    "mf_llm_init": _BPR,
+    "sasrec": {"dim": 64, "heads": 1, "blocks": 2, "max_len": 50, "dropout": 0.2, "lr": 3e-3, "weight_decay": 0.0,
+               "batch_size": 128, "epochs": 200, "eval_every": 3, "patience": 4},
+    "lightgcn": {"dim": 64, "layers": 2, "lr": 1e-2, "reg": 1e-4, "batch_size": 4096, "epochs": 300,
+                 "eval_every": 5, "patience": 4},
+    "content_knn": {"decay": 0.9, "last_n": None, "center": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_options_keep_the_previous_defaults(name):
+    assert values(baseline_options(name, {})) == PREVIOUS_DEFAULTS[name]
+    model = make(name)
+    assert {k: getattr(model, k) for k in PREVIOUS_DEFAULTS[name]} == PREVIOUS_DEFAULTS[name]
+    assert isinstance(model, BASELINE_OPTIONS[name]) or not PREVIOUS_DEFAULTS[name]
+    expected_inputs = ["item_embeddings"] if name in ("content_knn", "mf_llm_init") else []
+    assert runtime_inputs(name) == expected_inputs
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_unknown_or_mistyped_hyper_parameter_is_an_error(name):
+    with pytest.raises(ConfigError, match="'no_such_param'"):
+        make(name, **FAST[name], no_such_param=1)
+    for f in fields(BASELINE_OPTIONS[name]):  # no baseline option takes a string
+        with pytest.raises(ConfigError, match=f"baseline {name}.{f.name}: 'x' (is not|does not fit)"):
+            make(name, **{f.name: "x"})
+    grid = {**BASELINES[name].grid, "dimm": [1]}
+    with pytest.raises(ConfigError, match="dimm"):
+        tune(name, None, grid=grid)  # checked before any fit
+
+
+def test_hyper_parameters_are_converted():
+    assert make("itemknn", shrink=0).shrink == 0.0 and isinstance(make("itemknn", shrink=0).shrink, float)
+    assert make("content_knn", last_n=None).last_n is None and make("content_knn", last_n=3).last_n == 3
+    with pytest.raises(ConfigError, match="dim: 64.0 is not a valid int"):
+        make("bpr", dim=64.0)
+    with pytest.raises(ConfigError, match="takes no hyper-parameters"):
+        make("pop", k=3)
+    emb = item_embeddings()
+    assert make("mf_llm_init", item_embeddings=emb, dim=8).item_embeddings is emb  # run-time input: as given
+    with pytest.raises(ConfigError, match=r"run-time inputs: \['item_embeddings'\]"):
+        make("content_knn", item_embedding=emb)
+
+
+def _bench_quick_grids() -> dict:
+    spec = importlib.util.spec_from_file_location("_bench_baselines_ml100k", REPO / "bench" / "baselines_ml100k.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.QUICK
+
+
+def test_every_grid_and_fixed_key_is_an_option():
+    """The benchmark tiers, every model's own grid and bench/baselines_ml100k.py --quick name real options
+    of the right type (every grid point with the fixed settings passes the options class)."""
+    from generative_rec import benchmark
+    from generative_rec.evaluation.baselines.tuning import grid_points
+
+    sources = [(f"{name}.grid", name, cls.grid, {}) for name, cls in BASELINES.items()]
+    for tier in benchmark.TIERS.values():
+        for name in set(tier.grids) | set(tier.fixed):
+            assert name in BASELINES, (tier.name, name)
+            sources.append((f"tier {tier.name}", name, tier.grids.get(name, BASELINES[name].grid),
+                            tier.fixed.get(name, {})))
+    sources += [(f"bench QUICK {name}", name, grid, {}) for name, grid in _bench_quick_grids().items()]
+    for where, name, grid, fixed in sources:
+        known = {f.name for f in fields(BASELINE_OPTIONS[name])}
+        assert set(grid) | set(fixed) <= known, (where, sorted(set(grid) | set(fixed) - known))
+        for point in grid_points(grid):
+            baseline_options(name, {**fixed, **point})
+
+
+def test_worked_example_of_a_new_baseline_runs(data, tmp_path):
+    """The worked example of docs/options.md (a new baseline module) works as the doc says."""
+    text = (REPO / "docs" / "options.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(# generative_rec/evaluation/baselines/recent_pop.py\n.*?)```", text, re.S).group(1)
+    path = tmp_path / "recent_pop_example.py"
+    path.write_text(code, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("recent_pop_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        assert BASELINE_OPTIONS["recent_pop"] is mod.RecentPopOptions
+        with pytest.raises(ConfigError, match=re.escape("baseline recent_pop: unknown key(s) ['windw']; "
+                                                        "known: ['window']")):
+            make("recent_pop", windw=3)
+        model = make("recent_pop", window=2).fit(data)
+        users = np.arange(N_USERS)
+        scores = model.score(users, [data.history(u, "test") for u in users])
+        assert scores.shape == (N_USERS, N_ITEMS) and (scores[:, [*TEST_ONLY, VALID_ONLY]] == 0).all()
+        assert tune("recent_pop", data).params["window"] in (1, 5, 20)
+    finally:
+        BASELINES.pop("recent_pop", None)
+        BASELINE_OPTIONS.pop("recent_pop", None)
+        sys.modules.pop(spec.name, None)
 
 
 def test_pca_init_shape_and_scale():

@@ -1,8 +1,8 @@
 """Every registered item-ID scheme keeps the index contract on a small synthetic catalogue.
 
 Contract: one ID per item, no two equal, prefix-free after tokenisation with a real tokenizer (a byte-level
-BPE trained here in milliseconds; the SmolLM2 tokenizer in the ``slow`` test), item -> ID -> item round
-trip through the trie, deterministic for a fixed seed, and no leakage: IDs of schemes that read
+BPE trained here in milliseconds; the SmolLM2 tokenizer in tests/slow/test_indexing_smollm2.py), item -> ID
+-> item round trip through the trie, deterministic for a fixed seed, and no leakage: IDs of schemes that read
 interactions depend on the training part only.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,18 @@ import pytest
 
 from generative_rec.data.dataset import RecData
 from generative_rec.data.prepare import PrepareConfig, prepare
-from generative_rec.indexing import SCHEMES, IndexConfig, ItemIndex, build_index
+from generative_rec.errors import ConfigError
+from generative_rec.indexing import (
+    SCHEME_OPTIONS,
+    SCHEMES,
+    IndexConfig,
+    ItemIndex,
+    build_index,
+    scheme_options,
+)
 from generative_rec.indexing.semantic import build_from_embeddings, default_codebook_size
 from generative_rec.indexing.title import unique_titles
+from generative_rec.options import NoOptions, values
 
 # Titles chosen to break naive title IDs: prefixes of each other, duplicates, quotes, odd spacing, digits.
 TRICKY = ["Heat", "Heat Wave", "Heat", "Heat  Wave ", 'The "Quoted" One', "The ", "2001", "200", "Heat [i2]"]
@@ -120,6 +130,9 @@ def test_scheme_contract(scheme, data, embeddings_file, tmp_path):
     index.save(tmp_path / "index.json")
     back = ItemIndex.load(tmp_path / "index.json")
     assert back.id_texts == index.id_texts and back.new_tokens == index.new_tokens
+    # the saved options stay the plain mapping given, and still convert to the scheme's options
+    assert back.meta["options"] == options(scheme, embeddings_file)
+    scheme_options(back.scheme, back.meta["options"])
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
@@ -153,9 +166,8 @@ def test_semantic_from_array_and_callable(data):
     emb = np.random.default_rng(1).normal(size=(data.num_items, 16))
     cfg = IndexConfig(scheme="semantic", seed=0, options={"codebook_size": 4, "levels": 2})
     a = build_from_embeddings(data, cfg, emb)
-    b = SCHEMES["semantic"](data, IndexConfig("semantic", 0, {"codebook_size": 4, "levels": 2,
-                                                              "embeddings": lambda texts: emb}))
-    assert a.id_texts == b.id_texts
+    b = build_from_embeddings(data, cfg, lambda texts: emb)  # run-time inputs: not index.options
+    assert a.id_texts == b.id_texts and b.meta["embedding_source"] == "callable"
     # 60 items, 4 x 4 codes: collisions must be resolved by a <c_n> disambiguation token
     assert any("<c_" in t for t in a.id_texts) and a.meta["max_shared"] > 1
     assert a.token_items.get("<c_0>") == []
@@ -194,6 +206,91 @@ def test_default_codebook_size():
     assert default_codebook_size(10**7, 3) == 256
 
 
+# ------------------------------------------------------------------------------------------------ options
+# The defaults the schemes read with ``cfg.options.get(key, default)`` before they had options classes.
+PREVIOUS_DEFAULTS = {
+    "atomic": {"format": "<item_{n}>"},
+    "sequential": {"start": 1},
+    "random": {"width": None},  # None: one digit more than the catalogue needs
+    "collaborative": {"k": 32, "window": 10},
+    "semantic": {"embeddings": None, "encoder": "minilm", "model_path": None, "levels": 3,
+                 "codebook_size": None, "pca_dim": 64, "iters": 50, "unique_last_level": True,
+                 "codebooks_path": None},  # codebook_size None: default_codebook_size(n, levels)
+    "title": {},
+}
+
+
+def test_every_scheme_has_options_with_the_previous_defaults():
+    assert set(SCHEME_OPTIONS) == set(SCHEMES) == set(PREVIOUS_DEFAULTS)
+    for scheme in SCHEMES:
+        assert values(scheme_options(scheme, {})) == PREVIOUS_DEFAULTS[scheme], scheme
+        assert values(scheme_options(scheme, None)) == PREVIOUS_DEFAULTS[scheme], scheme
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_unknown_scheme_option_is_an_error(scheme, data):
+    with pytest.raises(ConfigError, match="levls") as e:
+        IndexConfig(scheme=scheme, options={"levls": 3})
+    if SCHEME_OPTIONS[scheme] is NoOptions:
+        assert "takes no options" in str(e.value)
+    else:
+        assert "known:" in str(e.value) and scheme in str(e.value)
+    cfg = IndexConfig(scheme=scheme)
+    cfg.options = {"levls": 3}  # changed after construction: build_index checks again
+    with pytest.raises(ConfigError, match="levls"):
+        build_index(data, cfg)
+    with pytest.raises(ConfigError, match="levls"):
+        SCHEMES[scheme](data, cfg)
+
+
+@pytest.mark.parametrize("scheme, key, value", [
+    ("semantic", "levels", "3"), ("semantic", "codebook_size", 4.5), ("semantic", "unique_last_level", "no"),
+    ("semantic", "embeddings", 5), ("collaborative", "k", 3.0), ("collaborative", "window", True),
+    ("sequential", "start", "1"), ("random", "width", [4]), ("atomic", "format", 7)])
+def test_wrong_option_type_is_an_error(scheme, key, value):
+    with pytest.raises(ConfigError, match=f"index.options.{key}"):
+        IndexConfig(scheme=scheme, options={key: value})
+
+
+def test_options_are_converted_and_used(data):
+    o = scheme_options("semantic", {"levels": 2, "pca_dim": None, "codebook_size": 4})
+    assert (o.levels, o.pca_dim, o.codebook_size, o.iters) == (2, None, 4, 50)
+    assert scheme_options("collaborative", {"k": 4}).window == 10
+    index = build_index(data, IndexConfig(scheme="atomic", options={"format": "<it{n}>"}))
+    assert index.id_texts[:2] == ["<it0>", "<it1>"] and index.meta["options"] == {"format": "<it{n}>"}
+    assert build_index(data, IndexConfig(scheme="random", options={"width": 4})).meta["width"] == 4
+    assert build_index(data, IndexConfig(scheme="random")).meta["width"] == 3  # 60 items: 2 digits + 1
+    assert build_index(data, IndexConfig(scheme="sequential", options={"start": 100})).id_texts[0] >= "100"
+
+
+def test_unknown_scheme_and_config_loading():
+    from generative_rec.config import load_config
+
+    with pytest.raises(ConfigError, match="unknown ID scheme"):
+        IndexConfig(scheme="semantik")
+    with pytest.raises(ConfigError, match="levls"):
+        load_config(None, ["index.scheme=semantic", "index.options.levls=3"])
+    with pytest.raises(ConfigError, match="index.options"):
+        load_config(None, ["index.scheme=semantic", "index.options=3"])
+    cfg = load_config(None, ["index.scheme=semantic", "index.options.levels=2"])
+    assert cfg.index.options == {"levels": 2}  # stays a plain mapping (YAML, bundles)
+    for path in sorted((Path(__file__).parents[2] / "train" / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        scheme_options(cfg.index.scheme, cfg.index.options)
+
+
+def test_index_help_lists_every_scheme_option(capsys):
+    from generative_rec.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["index", "--help"])
+    out = capsys.readouterr().out
+    for scheme, cls in SCHEME_OPTIONS.items():
+        assert f"  {scheme}:" in out
+        for f in fields(cls):
+            assert f"    {f.name}: " in out, (scheme, f.name)
+
+
 # ------------------------------------------------------------------------------------------------ leakage
 @pytest.mark.parametrize("scheme", ["sequential", "collaborative"])
 def test_ids_ignore_validation_and_test_items(scheme, tmp_path):
@@ -228,14 +325,3 @@ def test_collaborative_ids_follow_training_communities(data):
     assert len({len(index.token_ids(bpe_tokenizer(index.id_texts, index.new_tokens))[i])
                 for i in range(data.num_items)}) == 1  # fixed depth
 
-
-# ------------------------------------------------------------------------------------------------ slow
-@pytest.mark.slow
-@pytest.mark.parametrize("scheme", sorted(SCHEMES))
-def test_scheme_contract_smollm2_tokenizer(scheme, data, embeddings_file, smollm2_dir):
-    from transformers import AutoTokenizer
-
-    index = build_index(data, IndexConfig(scheme=scheme, options=options(scheme, embeddings_file)))
-    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
-    tok.add_tokens(index.new_tokens)
-    check_contract(index, data, tok)

@@ -78,18 +78,22 @@ def fit_mf(hp: Any, data: RecData, valid: Validator | None, seed: int, item_init
     return net, record
 
 
-@register("bpr")
 @dataclass
-class BPR:
-    dim: int = 128  # dim and reg: the best of ``grid`` on ML-100K validation NDCG@10
-    lr: float = 2e-3
-    reg: float = 1e-4
-    batch_size: int = 1024
-    epochs: int = 200
-    eval_every: int = 5
-    patience: int = 5
-    init_std: float = 0.1
+class BPROptions:
+    dim: int = field(default=128, metadata={  # dim and reg: the best of ``grid`` on ML-100K validation NDCG@10
+        "help": "factors per user and item"})
+    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
+    reg: float = field(default=1e-4, metadata={"help": "L2 weight on the batch's factors"})
+    batch_size: int = field(default=1024, metadata={"help": "(user, positive, negative) triples per step"})
+    epochs: int = field(default=200, metadata={"help": "most epochs (early stopping on validation NDCG@10)"})
+    eval_every: int = field(default=5, metadata={"help": "validate every N epochs"})
+    patience: int = field(default=5, metadata={"help": "stop after N validations without improvement"})
+    init_std: float = field(default=0.1, metadata={"help": "standard deviation of the random initial factors"})
 
+
+@register("bpr", BPROptions)
+@dataclass
+class BPR(BPROptions):
     grid: ClassVar[dict[str, list[Any]]] = {"dim": [64, 128], "reg": [1e-4, 1e-3]}
     user_factors: np.ndarray | None = field(default=None, init=False, repr=False)
     item_factors: np.ndarray | None = field(default=None, init=False, repr=False)

@@ -28,13 +28,18 @@ def normalise_rows(x: np.ndarray, center: bool = False) -> np.ndarray:
     return x / np.where(n > 0, n, 1.0)
 
 
-@register("content_knn")
 @dataclass
-class ContentKNN:
-    item_embeddings: np.ndarray | None = field(default=None, repr=False)
-    decay: float = 0.9  # weight of a history item = decay ** (number of later history items)
-    last_n: int | None = None  # use only the last n history items (None: all)
-    center: bool = True
+class ContentKNNOptions:
+    decay: float = field(default=0.9, metadata={
+        "help": "weight of a history item = decay ** (number of later history items)"})
+    last_n: int | None = field(default=None, metadata={"help": "use only the last n history items (null: all)"})
+    center: bool = field(default=True, metadata={"help": "remove the embeddings' mean before normalising"})
+
+
+@register("content_knn", ContentKNNOptions)
+@dataclass
+class ContentKNN(ContentKNNOptions):
+    item_embeddings: np.ndarray | None = field(default=None, repr=False)  # run-time input, not an option
 
     grid: ClassVar[dict[str, list[Any]]] = {"decay": [1.0, 0.9, 0.7, 0.5], "last_n": [None, 20]}
     unit: np.ndarray | None = field(default=None, init=False, repr=False)

@@ -20,15 +20,20 @@ from generative_rec.evaluation.baselines.base import Validator, register
 from generative_rec.evaluation.baselines.common import interaction_matrix
 
 
-@register("itemknn")
 @dataclass
-class ItemKNN:
+class ItemKNNOptions:
     # defaults: the best of ``grid`` on ML-100K validation NDCG@10 (decay = 1 is the classic item-kNN)
-    k: int = 50
-    shrink: float = 10.0
-    decay: float = 0.5
-    block: int = 1024  # items per block when building the similarity matrix (memory, not results)
+    k: int = field(default=50, metadata={"help": "neighbours kept per item"})
+    shrink: float = field(default=10.0, metadata={"help": "added to the cosine's denominator"})
+    decay: float = field(default=0.5, metadata={
+        "help": "weight of a history item = decay ** (number of later history items); 1: classic item-kNN"})
+    block: int = field(default=1024, metadata={
+        "help": "items per block when building the similarity matrix (memory, not results)"})
 
+
+@register("itemknn", ItemKNNOptions)
+@dataclass
+class ItemKNN(ItemKNNOptions):
     grid: ClassVar[dict[str, list[Any]]] = {
         "k": [20, 50, 100, 200], "shrink": [0.0, 10.0], "decay": [1.0, 0.9, 0.8, 0.7, 0.5]}
     sim: sp.csr_matrix | None = field(default=None, init=False, repr=False)

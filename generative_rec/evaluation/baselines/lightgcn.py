@@ -57,18 +57,22 @@ class LightGCNNet(torch.nn.Module):
         return out[: self.num_users], out[self.num_users:]
 
 
-@register("lightgcn")
 @dataclass
-class LightGCN:
-    dim: int = 64
-    layers: int = 2  # layers and reg: the best of ``grid`` on ML-100K validation NDCG@10
-    lr: float = 1e-2
-    reg: float = 1e-4
-    batch_size: int = 4096
-    epochs: int = 300
-    eval_every: int = 5
-    patience: int = 4
+class LightGCNOptions:
+    dim: int = field(default=64, metadata={"help": "embedding size of users and items"})
+    layers: int = field(default=2, metadata={  # layers and reg: the best of ``grid`` on ML-100K validation NDCG@10
+        "help": "graph convolution layers"})
+    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate"})
+    reg: float = field(default=1e-4, metadata={"help": "L2 weight on the batch's layer-0 embeddings"})
+    batch_size: int = field(default=4096, metadata={"help": "(user, positive, negative) triples per step"})
+    epochs: int = field(default=300, metadata={"help": "most epochs (early stopping on validation NDCG@10)"})
+    eval_every: int = field(default=5, metadata={"help": "validate every N epochs"})
+    patience: int = field(default=4, metadata={"help": "stop after N validations without improvement"})
 
+
+@register("lightgcn", LightGCNOptions)
+@dataclass
+class LightGCN(LightGCNOptions):
     grid: ClassVar[dict[str, list[Any]]] = {"layers": [2, 3], "reg": [1e-4, 1e-3]}
     user_factors: np.ndarray | None = field(default=None, init=False, repr=False)
     item_factors: np.ndarray | None = field(default=None, init=False, repr=False)

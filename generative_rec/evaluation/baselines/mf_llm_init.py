@@ -14,7 +14,7 @@ import numpy as np
 
 from generative_rec.data.dataset import RecData
 from generative_rec.evaluation.baselines.base import Validator, register
-from generative_rec.evaluation.baselines.bpr import BPR, fit_mf
+from generative_rec.evaluation.baselines.bpr import BPR, BPROptions, fit_mf
 
 
 def pca_init(embeddings: np.ndarray, dim: int, std: float) -> np.ndarray:
@@ -30,12 +30,12 @@ def pca_init(embeddings: np.ndarray, dim: int, std: float) -> np.ndarray:
     return (out * (std / scale if scale > 0 else 0.0)).astype(np.float32)
 
 
-@register("mf_llm_init")
+@register("mf_llm_init", BPROptions)
 @dataclass
 class MFLLMInit(BPR):
     """:class:`~.bpr.BPR` (same hyper-parameters and grid) with item factors started from embeddings."""
 
-    item_embeddings: np.ndarray | None = field(default=None, repr=False)
+    item_embeddings: np.ndarray | None = field(default=None, repr=False)  # run-time input, not an option
 
     def fit(self, data: RecData, valid: Validator | None = None, seed: int = 0) -> MFLLMInit:
         if self.item_embeddings is None or np.shape(self.item_embeddings)[0] != data.num_items:

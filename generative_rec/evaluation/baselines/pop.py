@@ -12,7 +12,7 @@ from generative_rec.data.dataset import RecData
 from generative_rec.evaluation.baselines.base import Validator, register
 
 
-@register("pop")
+@register("pop")  # no hyper-parameters (options: NoOptions)
 @dataclass
 class Pop:
     """Training popularity (``data.train_counts``); no hyper-parameters."""

@@ -107,21 +107,24 @@ def last_items(histories: list[np.ndarray], max_len: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-@register("sasrec")
 @dataclass
-class SASRec:
-    dim: int = 64
-    heads: int = 1
-    blocks: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    epochs: int = 200
-    eval_every: int = 3
-    patience: int = 4
+class SASRecOptions:
+    dim: int = field(default=64, metadata={"help": "hidden size (item and position embeddings)"})
+    heads: int = field(default=1, metadata={"help": "attention heads (must divide dim)"})
+    blocks: int = field(default=2, metadata={"help": "transformer blocks"})
+    max_len: int = field(default=50, metadata={"help": "most recent history items read"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout on embeddings, attention and feed-forward"})
+    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay (L2)"})
+    batch_size: int = field(default=128, metadata={"help": "training windows per step"})
+    epochs: int = field(default=200, metadata={"help": "most epochs (early stopping on validation NDCG@10)"})
+    eval_every: int = field(default=3, metadata={"help": "validate every N epochs"})
+    patience: int = field(default=4, metadata={"help": "stop after N validations without improvement"})
 
+
+@register("sasrec", SASRecOptions)
+@dataclass
+class SASRec(SASRecOptions):
     # max_len 200 was tried on ML-100K: 2-3x slower per epoch on CPU, not better at equal epochs
     grid: ClassVar[dict[str, list[Any]]] = {"dropout": [0.2, 0.5]}
     net: SASRecNet | None = field(default=None, init=False, repr=False)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from generative_rec.data.dataset import RecData
-from generative_rec.evaluation.baselines.base import BASELINES, Recommender, Validator, make
+from generative_rec.evaluation.baselines.base import BASELINES, Recommender, Validator, check_params, make
 from generative_rec.evaluation.ranking import ndcg_validator
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,17 @@ def tune(name: str, data: RecData, grid: dict[str, list[Any]] | None = None, fix
          seed: int = 0, valid: Validator | None = None) -> TuneResult:
     """Fit ``name`` for each point of ``grid`` (default: the model's own ``grid``) plus ``fixed``
     arguments, score each on the validation split with ``valid`` (default NDCG@10 over all users, which is
-    also what early stopping watches) and return the best. Ties keep the earlier configuration."""
+    also what early stopping watches) and return the best. Ties keep the earlier configuration. Every
+    point is checked against the model's options class first (unknown key or wrong type: ConfigError)."""
     t0 = time.time()
-    valid = valid if valid is not None else ndcg_validator(data)
     grid = BASELINES[name].grid if grid is None else grid
+    points = grid_points(grid)
+    for params in points:  # an unknown or mistyped key fails here, before any fit
+        check_params(name, {**(fixed or {}), **params})
+    valid = valid if valid is not None else ndcg_validator(data)
     best: TuneResult | None = None
     trials = []
-    for params in grid_points(grid):
+    for params in points:
         model = make(name, **(fixed or {}), **params).fit(data, valid, seed)
         score = float(valid(model.score))
         trials.append({"params": params, "valid": score, "fit_s": model.fit_info.get("fit_s"),
