@@ -65,17 +65,19 @@ def cmd_index(a) -> None:
     data = RecData(a.data)
     index = build_index(data, cfg)
     print(index.describe())
+    trie = None
+    if a.model:  # the trie over this tokenizer (checks the IDs are prefix-free there); written with --output
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(resolve_model(a.model))
+        tok.add_tokens(index.new_tokens)
+        trie = index.build_trie(tok)
+        print(f"trie: {trie.num_nodes} nodes, depth {trie.max_depth}, {trie.nbytes / 1e6:.1f} MB")
     if a.output:
         with atomic_dir(a.output, overwrite=a.overwrite) as tmp:
             index.save(tmp / "index.json")
-            if a.model:
-                from transformers import AutoTokenizer
-
-                tok = AutoTokenizer.from_pretrained(resolve_model(a.model))
-                tok.add_tokens(index.new_tokens)
-                trie = index.build_trie(tok)
+            if trie is not None:
                 trie.save(tmp / "trie.npz")
-                print(f"trie: {trie.num_nodes} nodes, depth {trie.max_depth}, {trie.nbytes / 1e6:.1f} MB")
         print(f"wrote {a.output}")
 
 

@@ -46,7 +46,9 @@ class PromptSection:
     tasks: dict = field(default_factory=lambda: {"next_item": 1.0},
                         metadata={"help": "task -> weight: weight x natural size examples per epoch "
                                           "(next_item: one per user window; item_title: one per item)"})
-    templates: list[str] | None = field(default=None, metadata={"help": "train only these template keys (task/name)"})
+    templates: list[str] | None = field(default=None, metadata={
+        "help": "train only these template keys (task/name); a task in `tasks` none of them belongs to trains on "
+                "all of its templates that are not held out"})
     inference: str = field(default="next_item/list-ids", metadata={"help": "template used by eval / serving"})
     max_history: int = field(default=20, metadata={"help": "most recent history items shown in a prompt"})
     min_context: int = field(default=1, metadata={"help": "items of context before the first trained target"})

@@ -1,6 +1,9 @@
-"""Serve a bundle: ``python serve/server.py --bundle B [--port 8000 --api-key K ...] [-- vLLM flags]``.
+"""Entry point of the server: parses the ``genrec serve`` flags and calls ``generative_rec.serving.cli``'s
+``cmd_serve`` (which calls ``generative_rec.serving.launch.serve``), exactly as ``genrec serve`` does.
 
-Same as ``genrec serve``; see docs/serving.md for the routes, schemas and ``vllm_xargs`` keys.
+    python serve/server.py --bundle B [--port 8000 --api-key K ...] [-- vLLM flags]
+
+See docs/serving.md for the routes, schemas and ``vllm_xargs`` keys.
 """
 
 import argparse

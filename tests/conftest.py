@@ -16,6 +16,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests need a CUDA device: where torch sees none they are skipped with the reason in the summary
+    (``-ra``: "SKIPPED ... needs a CUDA device"), never dropped silently; ``-m gpu`` selects them."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="gpu: needs a CUDA device and torch sees none here; run `pytest -m gpu` "
+                                       "on a GPU machine")
+        for item in gpu:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return prepare_synthetic(tmp_path_factory.mktemp("tiny-data"))

@@ -1,10 +1,11 @@
-"""LoRA fine-tuning entry point for `accelerate launch` (one CPU to many GPUs, same script).
+"""Entry point of LoRA fine-tuning for `accelerate launch` and torchrun (one CPU to many GPUs, same script):
+parses --config/--set and calls `generative_rec.training.train`, the function `genrec train` calls.
 
     accelerate launch train/finetune.py --config train/configs/demo_cpu.yaml
     accelerate launch --config_file train/accelerate/multi_gpu.yaml train/finetune.py --config train/configs/full_gpu.yaml
     torchrun --nproc_per_node 2 train/finetune.py --config ...      # two gloo processes on one CPU machine
 
-Same code as `genrec train`; writes a bundle to the config's `output`.
+It writes a bundle to the config's `output`.
 """
 
 from __future__ import annotations
