@@ -91,11 +91,14 @@ def cmd_train(a) -> None:
 
 
 def cmd_eval(a) -> None:
+    from generative_rec.config import EvalSection
     from generative_rec.evaluation.run import evaluate_bundle, print_examples
 
-    rep = evaluate_bundle(a.bundle, a.data, a.split, a.users, a.seed, tuple(a.ks), a.num_beams, a.batch_size,
-                          a.template, [b for b in a.baselines.split(",") if b], not a.no_mask_history,
-                          a.output or Path(a.bundle) / f"eval-{a.split}", progress=True, explain_users=a.explain)
+    cfg = EvalSection(split=a.split, users=a.users, seed=a.seed, ks=list(a.ks), num_beams=a.num_beams,
+                      batch_size=a.batch_size, template=a.template, mask_history=not a.no_mask_history,
+                      baselines=[b for b in a.baselines.split(",") if b], unconstrained_users=a.unconstrained_users,
+                      explain_users=a.explain)
+    rep = evaluate_bundle(a.bundle, cfg, a.data, a.output or Path(a.bundle) / f"eval-{a.split}", progress=True)
     print()
     print(print_examples(rep, n=1))
     print()
@@ -127,8 +130,7 @@ def cmd_demo(a) -> None:
     print(f"== generative_rec demo: {cfg_path}")
     bundle = train(cfg, resume=a.resume, overwrite=not a.resume)
     e = cfg.eval
-    rep = evaluate_bundle(bundle, None, e.split, e.users, e.seed, tuple(e.ks), e.num_beams, e.batch_size,
-                          e.template, e.baselines, e.mask_history, Path(bundle) / f"eval-{e.split}")
+    rep = evaluate_bundle(bundle, e, output=Path(bundle) / f"eval-{e.split}")
     print()
     print(print_examples(rep, n=1))
     print()
@@ -188,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--template", help="next_item template key (default: the bundle's inference template)")
     s.add_argument("--baselines", default="pop", help="comma-separated baseline names")
     s.add_argument("--no-mask-history", dest="no_mask_history", action="store_true")
+    s.add_argument("--unconstrained-users", dest="unconstrained_users", type=int, default=64, metavar="N",
+                   help="also decode N users without the trie and report invalid / duplicate IDs (0: skip)")
     s.add_argument("--explain", type=int, default=0, metavar="N",
                    help="also explain the target and top-1 item of N users: faithfulness, BLEU/ROUGE (default 0)")
     s.add_argument("--output")

@@ -95,6 +95,10 @@ class EvalSection:
     template: str | None = field(default=None, metadata={"help": "next_item template (default: the bundle's inference one)"})
     mask_history: bool = True
     baselines: list[str] = field(default_factory=lambda: ["pop"])
+    unconstrained_users: int = field(default=64, metadata={
+        "help": "also decode this many users WITHOUT the trie and report invalid / duplicate IDs (0: skip)"})
+    explain_users: int = field(default=0, metadata={
+        "help": "also explain the target and top-1 item of this many users and score the explanations"})
 
 
 @dataclass

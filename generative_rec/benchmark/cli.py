@@ -51,12 +51,8 @@ def main_args(a: argparse.Namespace, command: str | None = None) -> dict:
 
 def register_cli(subparsers) -> None:
     s = subparsers.add_parser("benchmark", help="every model on the same users: results.json, table, plots",
-                              description=_package_doc())
+                              description="Every model on the same users of the same split -> results.json, a table, plots "
+                              "(tiers, protocol and outputs: the generative_rec.benchmark module docs).")
     add_arguments(s)
     s.set_defaults(fn=main_args)
 
-
-def _package_doc() -> str:
-    import generative_rec.benchmark as pkg
-
-    return (pkg.__doc__ or "").split("\n\n")[0]
