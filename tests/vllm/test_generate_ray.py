@@ -1,7 +1,8 @@
 """``genrec generate --engine ray``: Ray Data, one vLLM engine per actor, sharded input and output.
 
-Two runs with engines, both on a local Ray instance with 2 CPU actors on the tiny bundle (~1.5 min each on
-2 cores, most of it two engine starts):
+Two runs with engines, both on a local Ray instance with 2 CPU actors on the tiny bundle (about a minute
+each on an idle 2-core machine, most of it Ray and engine starts; the file takes ~2 min alone, with the
+single-engine reference):
 
 - ``ray_run``: the CLI on a folder of shards (a JSONL file cut into three shards, a JSONL file, a Parquet
   file; a blank line and an invalid line with --skip-invalid). Its records must EQUAL (parsed JSON, scores
