@@ -31,6 +31,7 @@ complete, or the path left the trie, EOS is forced and the request stops.
   ``allowed_token_ids``, ``min_tokens`` or ``ignore_eos`` (each would change the row after this processor).
 
 Both modes: ``genrec_exclude`` (list of catalogue item ids, optional) items that must not be produced.
+Structured outputs (``structured_outputs``, a JSON ``response_format``) are refused in both modes.
 The prompt must end where an item ID begins (for the bundle's inference template: ``Bundle.prompt_ids``).
 
 The processor finds the bundle through the ``GENREC_BUNDLE`` environment variable (the launcher sets it),
@@ -215,6 +216,9 @@ class TrieLogitsProcessor(LogitsProcessor):
             return
         if constrained and scoring:
             raise ValueError(f"vllm_xargs: {KEY_CONSTRAINED} and {KEY_SCORE} cannot be combined")
+        if params.structured_outputs is not None:  # its grammar mask and the trie's leave no token (HTTP 500)
+            raise ValueError("structured outputs (structured_outputs, response_format) cannot be combined with "
+                             f"vllm_xargs.{KEY_CONSTRAINED} or {KEY_SCORE}: the trie already constrains the output")
         if constrained and (params.min_tokens or params.ignore_eos):
             raise ValueError("min_tokens and ignore_eos cannot be combined with vllm_xargs.genrec_constrained "
                              "(the completion ends with EOS right after the item ID)")

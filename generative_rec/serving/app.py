@@ -166,6 +166,41 @@ async def recommendations(body: RecommendationRequest, raw_request: Request) -> 
     return await raw_request.app.state.genrec.recommend(body)
 
 
+# --------------------------------------------------------------------------- guard on vLLM's routes
+GUARDED_ROUTES = ("/v1/completions", "/v1/chat/completions")
+
+
+def guard_structured_outputs(route: APIRoute) -> None:
+    """A ``structured_outputs`` that is not a JSON object is HTTP 400 on one of vLLM's routes.
+
+    vLLM 0.32's request models read it with ``.get`` in a before-validator, so a list, string or number
+    there raised ``AttributeError``: HTTP 500 (found by ``tests/vllm/test_serve_fuzz.py``)."""
+    from fastapi.routing import request_response
+
+    handler = route.get_route_handler()
+
+    async def guarded(request: Request):
+        import json
+
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            body = json.loads(await request.body())  # cached: the handler reuses it
+        except (ValueError, RecursionError):
+            body = None  # not JSON: vLLM's own message
+        value = body.get("structured_outputs") if isinstance(body, dict) else None
+        if value is not None and not isinstance(value, dict):
+            raise VLLMValidationError(f"structured_outputs must be an object (got {type(value).__name__})",
+                                      parameter="structured_outputs")
+        return await handler(request)
+
+    route.app = request_response(guarded)
+
+
 def attach(app) -> None:
-    """Add the recommendations route to vLLM's app (before its state is initialised)."""
+    """Add the recommendations route to vLLM's app (before its state is initialised), and guard vLLM's
+    completion routes against a request shape its validation does not catch."""
     app.include_router(router)
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path in GUARDED_ROUTES:
+            guard_structured_outputs(route)
