@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands living next to their stage (serving, generation, benchmark) register themselves here."""
     out = []
-    for mod, fn in (("generative_rec.serving.cli", "register"), ("generative_rec.generate", "register_cli"),
+    for mod, fn in (("generative_rec.serving.cli", "register"), ("generative_rec.generate_cli", "register_cli"),
                     ("generative_rec.benchmark", "register_cli")):
         try:
             m = __import__(mod, fromlist=[fn])

@@ -232,7 +232,7 @@ def test_cli_flags(tmp_path):
     import argparse
 
     from generative_rec.errors import ConfigError
-    from generative_rec.generate import register_cli
+    from generative_rec.generate_cli import register_cli
     from generative_rec.generate_ray import check_local_flags, ray_options
 
     p = argparse.ArgumentParser()
