@@ -179,9 +179,9 @@ def append_lines(path: Path, records: list[dict]) -> None:
 # --------------------------------------------------------------------------- decoding
 def check_can_explain(bundle) -> None:
     """``--explain`` needs a bundle trained with the explain task (the server's rule for ``"explain": true``)."""
-    from generative_rec.serving.request import has_explanations
+    from generative_rec.explain.contract import explanations_trained
 
-    if not has_explanations(bundle):
+    if not explanations_trained(bundle):
         raise ConfigError(f"--explain: {bundle.path} was not trained with the explain task (its config's "
                           "prompts.tasks has no `explain`, or no explain template was trained), so it cannot "
                           "explain; train with `explain` in prompts.tasks or drop --explain")

@@ -76,11 +76,3 @@ def items_of(bundle, ranked: Ranked) -> list[dict]:
     """``[{"item_id", "title", "score"}]`` best first; score = sequence log-probability of the item's ID."""
     return [{"item_id": bundle.item_ids[i], "title": bundle.titles[i], "score": float(s)}
             for i, s in zip(ranked.items, ranked.scores, strict=True)]
-
-
-def has_explanations(bundle) -> bool:
-    """Whether the bundle was trained with the ``explain`` task (``explain.contract``'s rule: every bundle
-    *carries* the explain templates, only trained ones can explain)."""
-    from generative_rec.explain.contract import explanations_trained
-
-    return explanations_trained(bundle)
