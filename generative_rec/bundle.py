@@ -2,27 +2,29 @@
 
 Layout::
 
-    bundle.json       manifest (format version, base model, scheme, inference template, counts)
+    bundle.json       manifest (format version, base model, scheme, inference template, prompt alignment, counts)
     model/            merged HF model + tokenizer (what vLLM and HF load)
     adapter/          the peft LoRA adapter (servable with --enable-lora when the scheme adds no tokens)
     index.json        the item index (scheme, item ids, ID texts, new tokens, scheme metadata)
+    index.npz         arrays the scheme needs to code new items (semantic: normaliser and codebooks)
     trie.npz          trie over the ID token ids; item i = catalogue row i
     catalogue.jsonl   item_id, title, text, attributes, training popularity — catalogue order
+    catalogue/        later catalogue versions (items added or hidden without retraining; catalogue.py)
     templates.json    every template the run used; which one inference uses
     config.yaml       the run configuration
     metrics.json      validation / test metrics recorded by training and `genrec eval`
 
-Serving reads nothing else, so it cannot disagree with training about prompts or IDs.
+Serving reads nothing else, so it cannot disagree with training about prompts or IDs. ``index.json``,
+``trie.npz`` and ``catalogue.jsonl`` are catalogue version 0; ``Bundle(path)`` loads the current version
+(``generative_rec.catalogue``), whose rows extend version 0's.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-
-import numpy as np
 
 from generative_rec.errors import ConfigError, GenRecError
 from generative_rec.indexing.base import ItemIndex
@@ -39,22 +41,16 @@ class BundleError(GenRecError):
     pass
 
 
-def write_catalogue(path: Path, item_ids, titles, texts, attributes, popularity) -> None:
-    lines = []
-    for n, iid in enumerate(item_ids):
-        lines.append(json.dumps({"item_id": iid, "title": titles[n], "text": texts[n],
-                                 "attributes": list(attributes[n]), "train_count": int(popularity[n])},
-                                ensure_ascii=False))
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
 def write_bundle_files(out: Path, *, manifest: dict, index: ItemIndex, trie: Trie, templates: Sequence[Template],
                        inference_template: str, catalogue: dict, config_yaml: str, metrics: dict | None = None) -> None:
     """Write everything except ``model/`` and ``adapter/`` (the trainer saves those) into ``out``."""
     from dataclasses import asdict
 
+    from generative_rec.catalogue import write_catalogue
+
     out.mkdir(parents=True, exist_ok=True)
     index.save(out / "index.json")
+    index.save_arrays(out / "index.npz")
     trie.save(out / "trie.npz")
     write_catalogue(out / "catalogue.jsonl", **catalogue)
     atomic_write_json(out / "templates.json", {"inference": inference_template,
@@ -67,7 +63,7 @@ def write_bundle_files(out: Path, *, manifest: dict, index: ItemIndex, trie: Tri
 class Bundle:
     """A trained bundle on disk. Loading is cheap; the model itself is loaded by the engine."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, catalogue_version: int | None = None):
         self.path = Path(path)
         missing = [f for f in REQUIRED if not (self.path / f).exists()]
         if missing:
@@ -76,21 +72,36 @@ class Bundle:
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"{self.path}: bundle format {self.manifest.get('format_version')} "
                               f"is not {FORMAT_VERSION}")
-        self.index = ItemIndex.load(self.path / "index.json")
-        self.trie = Trie.load(self.path / "trie.npz")
-        rows = [json.loads(line) for line in (self.path / "catalogue.jsonl").read_text(encoding="utf-8").splitlines() if line]
-        self.item_ids = [r["item_id"] for r in rows]
-        self.titles = [r["title"] for r in rows]
-        self.texts = [r.get("text", "") for r in rows]
-        self.attributes = [r.get("attributes", []) for r in rows]
-        self.train_counts = np.asarray([r.get("train_count", 0) for r in rows], dtype=np.int64)
         t = read_json(self.path / "templates.json")
         self.templates = {f"{d['task']}/{d['name']}": Template(**d) for d in t["templates"]}
         self.inference_key = t["inference"]
         if self.inference_key not in self.templates:
             raise BundleError(f"inference template {self.inference_key!r} is not among the bundle's templates")
-        if len(self.item_ids) != self.trie.num_items or self.index.item_ids != self.item_ids:
-            raise BundleError("catalogue, item index and trie disagree about the items")
+        self._set_catalogue(self._load_catalogue(catalogue_version))
+
+    def _load_catalogue(self, version: int | None):
+        from generative_rec.catalogue import CatalogueError, load_catalogue
+
+        try:
+            return load_catalogue(self.path, version)
+        except CatalogueError as e:  # the consistency check: catalogue, item index and trie must agree
+            raise BundleError(str(e)) from None
+
+    def _set_catalogue(self, cat) -> None:
+        self.catalogue_version: int = cat.version
+        self.index, self.trie = cat.index, cat.trie
+        self.item_ids, self.titles, self.texts = cat.item_ids, cat.titles, cat.texts
+        self.attributes, self.train_counts = cat.attributes, cat.train_counts
+        self.hidden: frozenset[int] = cat.hidden  # rows never recommended (hidden with `genrec catalogue hide`)
+        for name in ("renderer", "_by_id", "_by_title"):  # cached from the previous catalogue
+            self.__dict__.pop(name, None)
+
+    def with_catalogue(self, version: int | None = None) -> Bundle:
+        """A new Bundle for catalogue version ``version`` (default: the current one) that shares this one's
+        manifest, templates and loaded tokenizer; this one is left unchanged (a server swaps references)."""
+        new = copy.copy(self)
+        new._set_catalogue(self._load_catalogue(version))
+        return new
 
     # ------------------------------------------------------------------ parts
     @property
@@ -126,7 +137,12 @@ class Bundle:
     @cached_property
     def renderer(self) -> Renderer:
         return Renderer(self.tokenizer, [self.trie.sequence(i) for i in range(self.num_items)], self.titles,
-                        self.domain)
+                        self.domain, align=self.prompt_align, filler=self.manifest.get("prompt_filler"))
+
+    @property
+    def prompt_align(self) -> int:
+        """Next-item prompts are padded to a multiple of this many tokens (0: off; ``prompts.align``)."""
+        return int(self.manifest.get("prompt_align") or 0)
 
     def template(self, key: str | None = None) -> Template:
         key = key or self.inference_key

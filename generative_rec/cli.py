@@ -1,4 +1,5 @@
-"""``genrec``: one subcommand per stage (prepare, index, train, eval, demo, serve, generate, benchmark)."""
+"""``genrec``: one subcommand per stage (prepare, index, train, eval, demo, serve, generate, benchmark), and
+``catalogue`` to change a trained bundle's items without retraining."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from generative_rec.errors import GenRecError
+from generative_rec.errors import ConfigError, GenRecError
 
 log = logging.getLogger("generative_rec")
 
@@ -38,6 +39,10 @@ def cmd_prepare(a) -> None:
     out = prepare(PrepareConfig(**d))
     meta = json.loads((out / "meta.json").read_text())
     print(f"{out}: {meta['num_users']} users, {meta['num_items']} items, {meta['num_interactions']} interactions")
+    if "cold_start" in meta:
+        c = meta["cold_start"]
+        print(f"cold start: {c['num_new_items']} new items; new targets: {c['valid_targets_new']} validation, "
+              f"{c['test_targets_new']} test")
 
 
 class _LazyEpilogFormatter(argparse.RawDescriptionHelpFormatter):
@@ -56,6 +61,12 @@ def _scheme_options_help() -> str:
 
 
 def cmd_index(a) -> None:
+    if a.add_items or a.bundle:
+        if not (a.add_items and a.bundle):
+            raise ConfigError("genrec index: --add-items and --bundle go together")
+        return cmd_catalogue_add(argparse.Namespace(bundle=a.bundle, items=a.add_items, embeddings=a.embeddings))
+    if not a.data:
+        raise ConfigError("genrec index: --data is required (or --add-items FILE --bundle BUNDLE)")
     from generative_rec.data import RecData
     from generative_rec.indexing import IndexConfig, build_index
     from generative_rec.io import atomic_dir
@@ -79,6 +90,58 @@ def cmd_index(a) -> None:
             if trie is not None:
                 trie.save(tmp / "trie.npz")
         print(f"wrote {a.output}")
+
+
+# --------------------------------------------------------------------------- catalogue (docs/catalogue.md)
+def _print_version(cat, what: str) -> None:
+    print(f"catalogue version {cat.version}: {what}; {cat.num_items} items, {len(cat.hidden)} hidden "
+          "(a running `genrec serve` picks it up with POST /v1/admin/catalogue/reload or --watch-catalogue)")
+
+
+def cmd_catalogue_add(a) -> None:
+    import numpy as np
+
+    from generative_rec.catalogue import add_items, read_new_items
+
+    items = read_new_items(a.items)
+    emb = np.load(a.embeddings) if a.embeddings else None
+    cat = add_items(a.bundle, items, embeddings=emb)
+    shown = ", ".join(f"{iid}->{t}" for iid, t in zip(cat.item_ids[-len(items):][:3],
+                                                       cat.index.id_texts[-len(items):][:3], strict=True))
+    _print_version(cat, f"added {len(items)} items ({shown}{', ...' if len(items) > 3 else ''})")
+
+
+def cmd_catalogue_hide(a) -> None:
+    from generative_rec.catalogue import hide_items, unhide_items
+
+    fn = hide_items if a.command_catalogue == "hide" else unhide_items
+    cat = fn(a.bundle, a.item_ids)
+    _print_version(cat, f"{a.command_catalogue} {len(a.item_ids)} items")
+
+
+def cmd_catalogue_show(a) -> None:
+    from generative_rec.catalogue import describe
+
+    print(json.dumps(describe(a.bundle), indent=2))
+
+
+def add_catalogue_parser(sub) -> None:
+    s = sub.add_parser("catalogue", help="change a trained bundle's catalogue without retraining: add, hide, "
+                                         "unhide items (docs/catalogue.md)")
+    cs = s.add_subparsers(dest="command_catalogue", required=True)
+    c = cs.add_parser("add", help="append items (title or semantic IDs only) as a new catalogue version")
+    c.add_argument("bundle")
+    c.add_argument("items", help="JSONL: item_id, title, optional text, attributes")
+    c.add_argument("--embeddings", help="semantic IDs: .npy of the new items' vectors (default: the index's encoder)")
+    c.set_defaults(fn=cmd_catalogue_add)
+    for name, what in (("hide", "never recommend these items (out of stock)"), ("unhide", "recommend them again")):
+        c = cs.add_parser(name, help=what)
+        c.add_argument("bundle")
+        c.add_argument("item_ids", nargs="+")
+        c.set_defaults(fn=cmd_catalogue_hide)
+    c = cs.add_parser("show", help="the current catalogue version")
+    c.add_argument("bundle")
+    c.set_defaults(fn=cmd_catalogue_show)
 
 
 # --------------------------------------------------------------------------- train / eval / demo
@@ -157,19 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kcore", type=int)
     s.add_argument("--min-rating", dest="min_rating", type=float)
     s.add_argument("--max-history", dest="max_history", type=int)
+    s.add_argument("--new-items", dest="new_items", type=float, metavar="FRACTION",
+                   help="cold-start protocol: this seeded fraction of items loses its training interactions and "
+                        "appears only as validation / test targets (docs/evaluation.md)")
+    s.add_argument("--new-items-seed", dest="new_items_seed", type=int)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("index", help="build an item index (and, with --model, its trie) for inspection",
                        formatter_class=_LazyEpilogFormatter, epilog=_scheme_options_help)
-    s.add_argument("--data", required=True)
+    s.add_argument("--data", help="prepared data to index (required unless --add-items)")
     s.add_argument("--scheme", default="atomic")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--options", help="scheme options as YAML, e.g. '{levels: 3}' (per scheme: below)")
     s.add_argument("--model", help="tokenizer to build the trie with (e.g. smollm2-135m)")
     s.add_argument("--output")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--add-items", dest="add_items", metavar="ITEMS.jsonl",
+                   help="instead: add these items to --bundle's catalogue (= genrec catalogue add BUNDLE ITEMS)")
+    s.add_argument("--bundle", help="with --add-items: the trained bundle")
+    s.add_argument("--embeddings", help="with --add-items, semantic IDs: .npy of the new items' vectors")
     s.set_defaults(fn=cmd_index)
+    add_catalogue_parser(sub)
 
     s = sub.add_parser("train", help="LoRA fine-tuning -> bundle (same code as train/finetune.py)")
     s.add_argument("--config", required=True)

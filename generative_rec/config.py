@@ -53,6 +53,10 @@ class PromptSection:
     max_history: int = field(default=20, metadata={"help": "most recent history items shown in a prompt"})
     min_context: int = field(default=1, metadata={"help": "items of context before the first trained target"})
     windows: str = field(default="last", metadata={"help": "last: each user's most recent window; all: every window"})
+    align: int = field(default=0, metadata={
+        "help": "pad each next-item prompt with leading filler tokens to a multiple of this many tokens, so "
+                "item IDs start on a KV-cache block boundary (32: vLLM's CPU block; 0: off); training packs "
+                "sequences with 0..align-1 fillers. Recorded in the bundle"})
     task_options: dict = field(default_factory=dict, metadata={"help": "task name -> task-specific options"})
 
 

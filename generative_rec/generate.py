@@ -206,7 +206,8 @@ def decode_window(llm, bundle, jobs: list[Job], lora_request=None, stats: Search
             groups.setdefault((job.k, job.num_beams), []).append(j)
     for (k, nb), idx in groups.items():
         res = llm_topk(llm, bundle.trie, [jobs[j].prompt for j in idx], k, nb, [jobs[j].exclude for j in idx],
-                       batch_size=len(idx), lora_request=lora_request, stats=stats, item_ids=bundle.item_ids)
+                       batch_size=len(idx), lora_request=lora_request, stats=stats, item_ids=bundle.item_ids,
+                       catalogue_version=bundle.catalogue_version, hidden=bundle.hidden)
         for j, r in zip(idx, res, strict=True):
             out[j] = {"user_id": jobs[j].user_id, "items": items_of(bundle, r), "history_used": jobs[j].used}
             ranked[j] = [int(i) for i in r.items]

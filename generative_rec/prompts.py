@@ -3,6 +3,15 @@
 Rendering works on *segments*: literal template text, item IDs and titles are tokenised separately and
 concatenated, so an item's ID is always the same token-id sequence — in training targets, in history
 context, in the trie, and at serving time. ``labels`` are -100 everywhere except on target tokens.
+
+**Block-aligned prompts** (``prompts.align``, recorded in the bundle manifest): with ``align = A > 0`` the
+next-item inference prompt gets ``(-len(prompt)) % A`` *filler* tokens right after the tokenizer's BOS
+(at the very start when it has none), so the item ID always begins on an ``A``-token boundary. With ``A``
+equal to the engine's KV block size (vLLM on CPU: 32) every beam request ``prompt + ID prefix`` finds the
+whole prompt in the prefix cache instead of recomputing its last partial block. The filler is
+:func:`filler_token`. Packed sequence examples cannot align every position at once; each gets a random
+filler count in ``[0, A)`` from the task's seeded rng, so the model learns that leading fillers carry
+nothing. Single-item tasks (item title, explanations) are never aligned, in training or at inference.
 """
 
 from __future__ import annotations
@@ -92,11 +101,14 @@ def templates_to_dicts(templates: Sequence[Template]) -> list[dict]:
 class Renderer:
     """Turns templates + items into token ids. Knows the tokenizer, the item IDs and the item titles.
 
-    ``id_tokens[i]`` is item ``i``'s ID as token ids (exactly what the trie holds).
+    ``id_tokens[i]`` is item ``i``'s ID as token ids (exactly what the trie holds). ``align``: next-item
+    prompts are padded with ``filler`` (default :func:`filler_token`) to a multiple of ``align`` tokens
+    (0: never; see the module docstring).
     """
 
     def __init__(self, tokenizer, id_tokens: Sequence[Sequence[int]], titles: Sequence[str],
-                 domain: str = "item", extra: dict[str, Sequence[str]] | None = None):
+                 domain: str = "item", extra: dict[str, Sequence[str]] | None = None, align: int = 0,
+                 filler: int | None = None):
         self.tokenizer = tokenizer
         self.id_tokens = [list(t) for t in id_tokens]
         self.titles = list(titles)
@@ -106,6 +118,10 @@ class Renderer:
         self._title_cache: dict[int, list[int]] = {}
         self.bos = self._special_prefix()
         self.eos = tokenizer.eos_token_id
+        if not isinstance(align, int) or isinstance(align, bool) or align < 0:
+            raise ConfigError(f"prompts.align must be an integer >= 0 (0: off), not {align!r}")
+        self.align = align
+        self.filler = (filler if filler is not None else filler_token(tokenizer)) if align else filler
 
     def _special_prefix(self) -> list[int]:
         ids = self.tokenizer("x", add_special_tokens=True)["input_ids"]
@@ -179,7 +195,14 @@ class Renderer:
         ids, _ = self._fill(t.prompt, history=history, t=t)
         if t.sequence_capable and len(history):
             ids = ids + self.text(t.sep)
-        return self.bos + ids
+        return self.bos + self.fillers(self.align_fill(len(self.bos) + len(ids))) + ids
+
+    def align_fill(self, length: int) -> int:
+        """How many fillers a next-item prompt of ``length`` tokens gets: ``(-length) % align`` (0 when off)."""
+        return (-length) % self.align if self.align else 0
+
+    def fillers(self, n: int) -> list[int]:
+        return [self.filler] * n if n else []
 
     def next_item_example(self, t: Template, history: Sequence[int], target: int) -> tuple[list[int], list[int]]:
         """One (prompt, target) pair; loss on the target ID (and EOS for templates that end there)."""
@@ -192,17 +215,19 @@ class Renderer:
             labels.append(self.eos)
         return ids, labels
 
-    def sequence_example(self, t: Template, seq: Sequence[int], min_context: int = 1) -> tuple[list[int], list[int]]:
+    def sequence_example(self, t: Template, seq: Sequence[int], min_context: int = 1,
+                         fill: int = 0) -> tuple[list[int], list[int]]:
         """A whole sequence in one pass: loss on the ID of every item after the first ``min_context``.
 
         Position j's ID is predicted from exactly the prompt ``prompt_ids(t, seq[:j])`` — the same
-        context the model sees at inference — because the template's prompt ends with the history.
+        context the model sees at inference — because the template's prompt ends with the history; with
+        ``align`` on, the prompt shows ``fill`` leading fillers instead (the task draws it in ``[0, align)``).
         """
         if not t.sequence_capable:
             raise ValueError(f"template {t.key} is not sequence-capable (text follows {{history}})")
         head = t.prompt[: -len("{history}")]
         ids, _ = self._fill(head, t=t)
-        ids = self.bos + ids
+        ids = self.bos + self.fillers(fill) + ids
         labels = [IGNORE] * len(ids)
         sep = self.text(t.sep)
         for n, item in enumerate(seq):
@@ -233,6 +258,18 @@ class Renderer:
             ids.append(self.eos)
             labels.append(self.eos)
         return ids, labels
+
+
+def filler_token(tokenizer) -> int:
+    """The token block-aligned prompts start with: the tokenizer's ``<|endoftext|>`` when its vocabulary has
+    one — the separator GPT-2-style pretraining puts between documents (SmolLM2's id 0), so a run of them
+    reads as "previous documents ended" — otherwise its EOS token."""
+    tid = tokenizer.get_vocab().get("<|endoftext|>")
+    if tid is None:
+        tid = tokenizer.eos_token_id
+    if tid is None:
+        raise ConfigError("prompts.align needs a filler token: the tokenizer has neither <|endoftext|> nor an EOS")
+    return int(tid)
 
 
 def plural(word: str) -> str:

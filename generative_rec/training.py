@@ -452,7 +452,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     id_tokens = index.token_ids(tok)
     trie = index.build_trie(tok)
     domain = data.meta.get("domain", "item")
-    renderer = Renderer(tok, id_tokens, data.titles, domain)
+    renderer = Renderer(tok, id_tokens, data.titles, domain, align=cfg.prompts.align)
     templates = select_templates(cfg)
     setup = TrainingSetup(cfg, data, renderer, templates, new_ids)
     # Schedule: micro-batches per epoch are known up front (examples are a function of seed and epoch).
@@ -678,7 +678,8 @@ def write_bundle(out: Path, cfg: RunConfig, peft_model, tok, data: RecData, inde
         "new_tokens": len(index.new_tokens), "merged": cfg.train.merge,
         "trained_templates": [t.key for task, ts in templates.items() if cfg.prompts.tasks.get(task) for t in ts],
         "heldout_templates": [t.key for t in used if t.heldout],
-        "max_history": cfg.prompts.max_history, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "max_history": cfg.prompts.max_history, **prompt_alignment(cfg, tok),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_bundle_files(
         out, manifest=manifest, index=index, trie=trie, templates=used, inference_template=inference,
@@ -688,6 +689,14 @@ def write_bundle(out: Path, cfg: RunConfig, peft_model, tok, data: RecData, inde
     )
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     shutil.rmtree(out / "work", ignore_errors=True)
+
+
+def prompt_alignment(cfg: RunConfig, tok) -> dict:
+    """The manifest's record of block-aligned prompts (``Bundle.renderer`` reads it back)."""
+    from generative_rec.prompts import filler_token
+
+    align = cfg.prompts.align
+    return {"prompt_align": align, "prompt_filler": filler_token(tok) if align else None}
 
 
 def config_dict(cfg: RunConfig) -> dict:

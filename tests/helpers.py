@@ -143,6 +143,18 @@ def prepare_synthetic(folder: Path, **kw):
     )
 
 
+def sequential_setup(data_path: Path, folder: Path):
+    """The tiny prepared data, a SentencePiece tokenizer trained on its titles (and digits) in ``folder``, and
+    its sequential index: what the prompt tests render with. Returns ``(data, tokenizer, index)``."""
+    from generative_rec.data import RecData
+    from generative_rec.indexing import IndexConfig, build_index
+    from generative_rec.modeling import train_tiny_tokenizer
+
+    data = RecData(data_path)
+    tok = train_tiny_tokenizer(data.titles + ["0123456789 A user's items, oldest first"], folder)
+    return data, tok, build_index(data, IndexConfig(scheme="sequential"))
+
+
 def tiny_config(data: Path, output: Path, **sections) -> dict:
     cfg = {
         "data": {"path": str(data)},

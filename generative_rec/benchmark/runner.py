@@ -29,6 +29,7 @@ def run_baseline(name: str, data, users: np.ndarray, tier: Tier, seed: int, ks: 
     """Tune ``name`` on validation NDCG@10 with the tier's grid, evaluate the best on the test users."""
     from generative_rec.evaluation.baselines import BASELINES, tune
     from generative_rec.evaluation.ranking import evaluate_model
+    from generative_rec.evaluation.slices import rank_among_new
 
     if name not in BASELINES:
         raise ConfigError(f"unknown model {name!r} (known: {', '.join(sorted(BASELINES))}, llm)")
@@ -40,12 +41,13 @@ def run_baseline(name: str, data, users: np.ndarray, tier: Tier, seed: int, ks: 
     ev = evaluate_model(res.model.score, data, "test", users, ks, mask_history=True)
     eval_s = time.time() - t0
     info = {k: v for k, v in res.model.fit_info.items() if k != "curve"}
+    cold = cold_start_views(data, users, ev.per_user, lambda: rank_among_new(res.model.score, data, users, "test", ks))
     record = {
         "model": name, "kind": "baseline", "metrics": ev.means, "params": res.params,
         "fixed": {k: v for k, v in fixed.items() if k != "item_embeddings"},
         "grid": tier.grids.get(name, BASELINES[name].grid), "valid_NDCG@10": res.valid_score, "seed": seed,
         "fit_s": info.get("fit_s"), "tune_s": res.seconds, "eval_s": eval_s, "fit_info": info,
-        "trials": res.trials,
+        "trials": res.trials, **cold,
     }
     return record, {**_accuracy_arrays(ev.per_user), "topk": ev.ranking.topk}
 
@@ -56,11 +58,13 @@ def run_llm(bundle_path: Path, data, users: np.ndarray, tier: Tier, ks: tuple[in
     ``genrec eval`` (:func:`~generative_rec.evaluation.llm.evaluate_bundle_llm`)."""
     from generative_rec.bundle import Bundle
     from generative_rec.config import EvalSection
-    from generative_rec.evaluation.llm import evaluate_bundle_llm
+    from generative_rec.evaluation.llm import evaluate_bundle_llm, rank_bundle_among_new
 
-    bundle = Bundle(bundle_path)
+    bundle = Bundle(bundle_path, catalogue_version=0)  # the trained catalogue: the one the data describes
     cfg = EvalSection(split="test", ks=list(ks), batch_size=tier.llm_batch_size, mask_history=True, baselines=[])
     res = evaluate_bundle_llm(bundle, data, users, cfg, progress=progress)
+    cold = cold_start_views(data, users, res["per_user"],
+                            lambda: rank_bundle_among_new(bundle, data, users, cfg, res["model"], progress))
     train = bundle.metrics.get("train", {})
     cfg_file = bundle.path / "config.yaml"
     run_cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
@@ -72,9 +76,22 @@ def run_llm(bundle_path: Path, data, users: np.ndarray, tier: Tier, ks: tuple[in
         "fit_s": train.get("train_seconds"), "tune_s": None, "eval_s": res["seconds"],
         "users_per_s": res["users_per_s"], "decode_stats": res["decode_stats"],
         "fit_info": {k: v for k, v in train.items() if k != "log"}, "valid": bundle.metrics.get("valid"),
-        "valid_users": ((run_cfg or {}).get("train") or {}).get("eval_users"),
+        "valid_users": ((run_cfg or {}).get("train") or {}).get("eval_users"), **cold,
     }
     return record, {**_accuracy_arrays(res["per_user"]), "topk": res["topk"]}
+
+
+def cold_start_views(data, users: np.ndarray, per_user: dict[str, np.ndarray], among_new) -> dict:
+    """``slices`` (new / known target, history length) of every model's per-user values and, when some test
+    target is a new item, ``new_only``: ``among_new()``, the ranking among the new items only."""
+    from generative_rec.evaluation.slices import slice_masks, slice_means
+
+    masks = slice_masks(data, users, "test")
+    out: dict = {"slices": slice_means(per_user, masks)}
+    if masks["new target"].any():
+        t0 = time.time()
+        out["new_only"] = {**among_new(), "seconds": round(time.time() - t0, 2)}
+    return out
 
 
 def _accuracy_arrays(per_user: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

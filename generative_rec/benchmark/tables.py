@@ -98,8 +98,39 @@ def runs_table(records: dict[str, dict]) -> str:
     return format_table(rows)
 
 
+def slices_table(records: dict[str, dict], metric: str = "NDCG@10") -> str:
+    """``metric`` per model and slice (new / known target, history length); ``-`` on an empty slice. The
+    header row gives each slice's number of users."""
+    from generative_rec.evaluation.metrics import format_table
+
+    names = [n for n, r in records.items() if "slices" in r]
+    if not names:
+        return ""
+    first = records[names[0]]["slices"]
+    cols = {sl: f"{sl} ({v['users']})" for sl, v in first.items()}
+    rows = {}
+    for n in names:
+        sl = records[n]["slices"]
+        rows[n] = {cols[c]: sl[c].get(metric) if c in sl and sl[c].get(metric) is not None else "-" for c in cols}
+        no = records[n].get("new_only")
+        if no and no.get("users"):
+            rows[n][f"among new items only ({no['users']})"] = no.get(metric, "-")
+    return format_table(rows)
+
+
 def _grid_text(grid: dict[str, list]) -> str:
     return "; ".join(f"{k} in {{{', '.join(map(str, v))}}}" for k, v in grid.items())
+
+
+def _slices_section(records: dict[str, dict]) -> list[str]:
+    table = slices_table(records)
+    if not table:
+        return []
+    return ["## By kind of user (NDCG@10)", "",
+            "Users whose test target is a *new item* (no interaction in any training part: no ID-only model has "
+            "seen it) vs a known item, and by history length (items the model may see); the number of users in "
+            "brackets. *Among new items only*: the users with a new target, ranking only the new items "
+            "(every known item masked).", "", table, ""]
 
 
 def render_markdown(report: dict) -> str:
@@ -113,6 +144,7 @@ def render_markdown(report: dict) -> str:
         report["table"], "",
         comparison_text(report["comparison"]), "",
         "![HR@K and NDCG@K](metric_vs_k.png) ![NDCG@10 vs popularity bias](accuracy_vs_popularity.png)", "",
+        *_slices_section(report["models"]),
         "## Runs", "", runs_table(report["models"]), "",
         f"Tier `{report['tier']}`: {t['budget']}. `grid`: the configurations tried on validation; `chosen`: the "
         "best of them plus the tier's fixed settings (epoch caps); fit s: the chosen configuration's training "

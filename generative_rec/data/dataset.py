@@ -108,6 +108,18 @@ class RecData:
         return lookup_keys(keys, self.item_to_idx, self.title_to_idx if by_title else None)
 
     @cached_property
+    def new_items(self) -> np.ndarray:
+        """Boolean mask ``[num_items]``: items with no interaction in any training part. Under the cold-start
+        protocol (``meta.json["cold_start"]``) these include every held-out new item; without it, the items
+        that happen to occur only as validation / test targets. No ID-only model has seen them."""
+        return self.train_counts == 0
+
+    @property
+    def cold_start(self) -> dict | None:
+        """The cold-start protocol's record (``genrec prepare --new-items``), or None for the standard one."""
+        return self.meta.get("cold_start")
+
+    @cached_property
     def title_to_idx(self) -> dict[str, int]:
         m: dict[str, int] = {}
         for n, t in enumerate(self.titles):

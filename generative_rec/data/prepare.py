@@ -47,7 +47,15 @@ class PrepareConfig:
     dedupe: bool = field(default=True, metadata={"help": "keep only the first (user, item) interaction"})
     drop_unknown_items: bool = field(default=False, metadata={"help": "drop, instead of failing on, interactions whose item has no metadata"})
     attribute_field: str | None = field(default=None, metadata={"help": "item field holding attributes (genres, categories), whitespace separated"})
+    new_items: float = field(default=0.0, metadata={
+        "help": "cold-start protocol: seeded fraction of catalogue items whose training interactions are removed "
+                "(they stay in the catalogue and appear only as validation / test targets); 0 = off"})
+    new_items_seed: int = field(default=0, metadata={"help": "seed of the new-item draw"})
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.new_items < 1.0:
+            raise ConfigError(f"new_items must be a fraction in [0, 1), not {self.new_items!r}")
 
 
 def load_source(cfg: PrepareConfig) -> tuple[Interactions, Items | None, dict]:
@@ -177,6 +185,9 @@ def prepare(cfg: PrepareConfig) -> Path:
 
     # Catalogue: items with at least one kept interaction, in item-table order (or first appearance).
     used = {inter.items[r] for rows in seqs.values() for r in rows}
+    cold = None
+    if cfg.new_items > 0:
+        seqs, cold = hold_out_new_items(seqs, inter, used, cfg.new_items, cfg.new_items_seed)
     if items is None:
         order: list[str] = []
         for rows in seqs.values():
@@ -225,6 +236,11 @@ def prepare(cfg: PrepareConfig) -> Path:
         "user_text_fields": sorted(inter.texts),
         "prepared_in_s": None,
     }
+    if cold is not None:
+        meta["cold_start"] = cold
+        meta["split"] += (f"; cold start: {cold['num_new_items']} new items ({cfg.new_items:.0%} of the catalogue, "
+                          f"seed {cfg.new_items_seed}) have no training interactions and appear only as "
+                          "validation / test targets")
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         datasets.Dataset.from_dict(item_rows).save_to_disk(str(tmp / "items"))
         datasets.Dataset.from_dict(user_rows).save_to_disk(str(tmp / "users"))
@@ -233,6 +249,41 @@ def prepare(cfg: PrepareConfig) -> Path:
     log.info("prepared %s: %d users, %d items, %d interactions -> %s",
              meta["name"], meta["num_users"], meta["num_items"], n_inter, out)
     return out
+
+
+def hold_out_new_items(seqs: dict[str, np.ndarray], inter: Interactions, catalogue: set[str], fraction: float,
+                       seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """The cold-start protocol: draw ``fraction`` of the catalogue (seeded, in sorted-id order so the draw does
+    not depend on input order) as *new items*, and remove every interaction with them except where it is a
+    user's validation or test target (the last two positions). The last two items of every sequence are
+    unchanged, so the leave-one-out targets are those of the standard protocol; only training parts shrink.
+    Users left with fewer than ``MIN_LOO_LENGTH`` interactions are dropped. New items stay in the catalogue
+    with their text (a model that reads text can still recommend them; an ID-only model has never seen them).
+
+    Returns the new sequences and the record kept in ``meta.json["cold_start"]``."""
+    ids = sorted(catalogue)
+    rng = np.random.default_rng(seed)
+    n_new = int(round(fraction * len(ids)))
+    new = {ids[j] for j in rng.choice(len(ids), size=n_new, replace=False)}
+    out: dict[str, np.ndarray] = {}
+    removed = dropped = valid_new = test_new = 0
+    for u, rows in seqs.items():
+        n = len(rows)
+        keep = [r for pos, r in enumerate(rows) if pos >= n - 2 or inter.items[r] not in new]
+        removed += n - len(keep)
+        if len(keep) < MIN_LOO_LENGTH:
+            dropped += 1
+            continue
+        out[u] = np.asarray(keep, dtype=np.int64)
+        valid_new += inter.items[keep[-2]] in new
+        test_new += inter.items[keep[-1]] in new
+    if not out:
+        raise DataError("no user keeps a training part after removing the new items' interactions")
+    log.info("cold start: %d new items; %d training interactions removed, %d user(s) dropped; new targets: "
+             "%d validation, %d test", len(new), removed, dropped, valid_new, test_new)
+    return out, {"new_item_fraction": fraction, "seed": seed, "num_new_items": len(new),
+                 "new_items": sorted(new), "removed_interactions": removed, "dropped_users": dropped,
+                 "valid_targets_new": valid_new, "test_targets_new": test_new}
 
 
 def describe_item(rows: dict[str, list], n: int, attr_field: str | None) -> str:

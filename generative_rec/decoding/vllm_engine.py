@@ -190,8 +190,10 @@ def model_config_of(engine):
 
 
 # --------------------------------------------------------------------------- scoring requests
-def scoring_params(width: int, prefix: Sequence[int], exclude: list[str] | None, max_tokens: int = 1):
-    """A top-``width`` scoring request after the ID tokens ``prefix`` (``max_tokens > 1``: look ahead)."""
+def scoring_params(width: int, prefix: Sequence[int], exclude: list[str] | None, max_tokens: int = 1,
+                   catalogue_version: int | None = None):
+    """A top-``width`` scoring request after the ID tokens ``prefix`` (``max_tokens > 1``: look ahead), under
+    catalogue version ``catalogue_version`` (None: whichever is newest when the engine gets it)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -199,7 +201,7 @@ def scoring_params(width: int, prefix: Sequence[int], exclude: list[str] | None,
 
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=width + LOGPROBS_EXTRA, flat_logprobs=True,
                           detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
-                          extra_args=scoring_args(prefix, exclude))
+                          extra_args=scoring_args(prefix, exclude, catalogue_version))
 
 
 def read_positions(request_output) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
@@ -228,12 +230,16 @@ class EngineScorer:
     one ``LLM.generate``; server: the async engine through the event loop). Each beam whose prefix no earlier
     request has scored gets one request; what a request scored along its greedy look-ahead path is kept for
     the following steps. ``exclude``: catalogue rows per prompt (masked inside the engine; ``item_ids`` maps
-    them to the catalogue ids the processor takes).
+    them to the catalogue ids the processor takes). ``catalogue_version``: the version every request names
+    (the processor then uses that version's trie); ``hidden``: rows that version hides, which the processor
+    excludes by itself (they may be in ``exclude`` and are not sent).
     """
 
     def __init__(self, run: Run, trie: Trie, item_ids: Sequence[str], k: int, num_beams: int | None = None,
-                 exclude: Sequence[Iterable[int] | None] | None = None, lookahead: bool = True):
+                 exclude: Sequence[Iterable[int] | None] | None = None, lookahead: bool = True,
+                 catalogue_version: int | None = None, hidden: frozenset[int] = frozenset()):
         self.run, self.trie, self.item_ids = run, trie, item_ids
+        self.catalogue_version, self.hidden = catalogue_version, hidden
         self.k, self.num_beams = k, max(k, num_beams or k)
         self.width = max_width(trie, self.k, self.num_beams)
         self.exclude = [None if e is None else sorted({int(x) for x in e}) for e in (exclude or [])]
@@ -245,13 +251,13 @@ class EngineScorer:
         self.prompts = [list(p) for p in prompts]
         if len(self.exclude) < len(self.prompts):
             self.exclude += [None] * (len(self.prompts) - len(self.exclude))
-        self.ids = [[self.item_ids[r] for r in e] if e else None for e in self.exclude]
+        self.ids = [[self.item_ids[r] for r in e if r not in self.hidden] if e else None for e in self.exclude]
         self.scored: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
 
     def params_for(self, beam: Beam):
         depth = node_depth(self.trie, beam.node)
         ahead = self.trie.max_depth - depth if self.lookahead else 1
-        return scoring_params(self.width, beam.tokens, self.ids[beam.prompt], max(1, ahead))
+        return scoring_params(self.width, beam.tokens, self.ids[beam.prompt], max(1, ahead), self.catalogue_version)
 
     def step(self, beams: Sequence[Beam]) -> Candidates:
         todo = [r for r, b in enumerate(beams) if (b.prompt, b.tokens) not in self.scored]
@@ -309,14 +315,17 @@ def llm_run(llm, lora_request=None) -> Run:
 
 def llm_topk(llm, trie: Trie, prompts: Sequence[Sequence[int]], k: int, num_beams: int | None = None,
              exclude: Sequence[Iterable[int] | None] | None = None, batch_size: int = 64, lora_request=None,
-             stats: SearchStats | None = None, *, item_ids: Sequence[str], lookahead: bool = True) -> list[Ranked]:
-    """Top-``k`` per prompt through an offline ``vllm.LLM``, ``batch_size`` prompts per beam search."""
+             stats: SearchStats | None = None, *, item_ids: Sequence[str], lookahead: bool = True,
+             catalogue_version: int | None = None, hidden: frozenset[int] = frozenset()) -> list[Ranked]:
+    """Top-``k`` per prompt through an offline ``vllm.LLM``, ``batch_size`` prompts per beam search
+    (``catalogue_version``, ``hidden``: see :class:`EngineScorer`)."""
     check_engine(model_config_of(llm), max_width(trie, k, max(k, num_beams or k)))
     out: list[Ranked] = []
     excl = list(exclude) if exclude is not None else [None] * len(prompts)
     run = llm_run(llm, lora_request)
     for lo in range(0, len(prompts), batch_size):
-        scorer = EngineScorer(run, trie, item_ids, k, num_beams, excl[lo: lo + batch_size], lookahead)
+        scorer = EngineScorer(run, trie, item_ids, k, num_beams, excl[lo: lo + batch_size], lookahead,
+                              catalogue_version, hidden)
         out += search_topk(scorer, prompts[lo: lo + batch_size], trie, k, num_beams, excl[lo: lo + batch_size], stats)
     return out
 
@@ -344,9 +353,10 @@ class AsyncTopK:
         self.lookahead = lookahead
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="genrec-beam")
 
-    def check(self, max_k: int, max_beams: int) -> None:
-        """Fail at start-up, not at the first request, if the engine cannot score that wide."""
-        check_engine(model_config_of(self.engine), max_width(self.trie, max_k, max(max_k, max_beams)))
+    def check(self, max_k: int, max_beams: int, trie: Trie | None = None) -> None:
+        """Fail at start-up (or a catalogue reload), not at the first request, if the engine cannot score that
+        wide over ``trie`` (default: the one given at construction)."""
+        check_engine(model_config_of(self.engine), max_width(trie or self.trie, max_k, max(max_k, max_beams)))
 
     async def _one(self, ids: list[int], params) -> Any:
         from vllm.inputs import TokensPrompt
@@ -362,7 +372,13 @@ class AsyncTopK:
 
     async def topk(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int | None = None,
                    exclude: Sequence[Iterable[int] | None] | None = None,
-                   stats: SearchStats | None = None) -> list[Ranked]:
+                   stats: SearchStats | None = None, catalogue=None) -> list[Ranked]:
+        """Top-``k`` per prompt; ``catalogue`` (a :class:`~generative_rec.bundle.Bundle`, optional) replaces
+        the trie and item ids given at construction for this call, and every engine request names its
+        catalogue version and leaves its hidden rows to the processor."""
+        trie, item_ids = (self.trie, self.item_ids) if catalogue is None else (catalogue.trie, catalogue.item_ids)
+        version = None if catalogue is None else catalogue.catalogue_version
+        hidden = frozenset() if catalogue is None else catalogue.hidden
         loop = asyncio.get_running_loop()
         stats = stats if stats is not None else SearchStats()
         stats.extra.setdefault("engine_s", 0.0)
@@ -374,8 +390,8 @@ class AsyncTopK:
             finally:
                 stats.extra["engine_s"] += time.perf_counter() - t0
 
-        scorer = EngineScorer(run, self.trie, self.item_ids, k, num_beams, exclude, self.lookahead)
-        return await loop.run_in_executor(self.pool, search_topk, scorer, prompts, self.trie, k, num_beams,
+        scorer = EngineScorer(run, trie, item_ids, k, num_beams, exclude, self.lookahead, version, hidden)
+        return await loop.run_in_executor(self.pool, search_topk, scorer, prompts, trie, k, num_beams,
                                           exclude, stats)
 
     def close(self) -> None:

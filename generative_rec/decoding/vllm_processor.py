@@ -31,6 +31,12 @@ complete, or the path left the trie, EOS is forced and the request stops.
   ``allowed_token_ids``, ``min_tokens`` or ``ignore_eos`` (each would change the row after this processor).
 
 Both modes: ``genrec_exclude`` (list of catalogue item ids, optional) items that must not be produced.
+``genrec_catalogue_version`` (int, optional) the catalogue version (``generative_rec.catalogue``) whose trie
+the request walks; ``POST /v1/recommendations`` sends the version it serves, so the engine agrees with it
+even while a reload swaps versions. Without it, validation (in the API process) takes the newest version —
+its pointer file is checked at most once per second, so a new version is seen within about a second — and
+pins it into the request's ``extra_args`` for the engine. Each version's hidden items are always excluded.
+Versions are loaded on first use and cached (:func:`load_spec`); catalogue rows are stable across versions.
 Structured outputs (``structured_outputs``, a JSON ``response_format``) are refused in both modes.
 The prompt must end where an item ID begins (for the bundle's inference template: ``Bundle.prompt_ids``).
 
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +72,8 @@ KEY_CONSTRAINED = "genrec_constrained"
 KEY_EXCLUDE = "genrec_exclude"
 KEY_SCORE = "genrec_score"
 KEY_PREFIX = "genrec_prefix"
+KEY_VERSION = "genrec_catalogue_version"
+KEY_PINNED = "genrec_catalogue_pinned"  # set by validation: the version was the newest, not the caller's
 LOGPROBS_MODE = "processed_logprobs"  # the engine-wide mode scoring requests need
 ENV_BUNDLE = "GENREC_BUNDLE"
 FQCN = "generative_rec.decoding.vllm_processor:TrieLogitsProcessor"
@@ -86,21 +95,88 @@ def bundle_path_for(model_dir: str | None = None) -> Path | None:
 
 
 class TrieSpec:
-    """What the processor needs from a bundle: the trie, item id -> row, and the EOS token."""
+    """What the processor needs from one catalogue version of a bundle: the trie, item id -> row, the hidden
+    rows (excluded from every request) and the EOS token."""
 
-    def __init__(self, path: Path):
-        from generative_rec.bundle import Bundle
+    def __init__(self, trie, item_ids: list[str], eos: int, hidden: frozenset[int] = frozenset(), version: int = 0):
+        self.trie, self.eos, self.hidden, self.version = trie, eos, hidden, version
+        self.rows = {iid: n for n, iid in enumerate(item_ids)}
+        self._sinks: np.ndarray | None = None
 
-        b = Bundle(path)
-        self.path = path
-        self.trie = b.trie
-        self.rows = {iid: n for n, iid in enumerate(b.item_ids)}
-        self.eos = int(b.tokenizer.eos_token_id)
+    @classmethod
+    def load(cls, path: Path, version: int) -> TrieSpec:
+        from generative_rec.catalogue import load_catalogue
+
+        cat = load_catalogue(path, version)
+        return cls(cat.trie, cat.item_ids, eos_of(str(path)), cat.hidden, cat.version)
+
+    def sinks(self, vocab: int) -> np.ndarray:
+        """Every column no ID of this version uses and that is not EOS: they share the mass of the masked
+        tokens in a scoring row."""
+        if self._sinks is None:
+            used = np.zeros(vocab, dtype=bool)
+            toks = self.trie.token[1:]
+            used[toks[toks < vocab]] = True
+            if 0 <= self.eos < vocab:
+                used[self.eos] = True
+            free = np.flatnonzero(~used)
+            if len(free) == 0:
+                raise RuntimeError("the item IDs use every token of the vocabulary: no sink token for top-W scoring")
+            self._sinks = free.astype(np.int64)
+        return self._sinks
 
 
 @lru_cache(maxsize=4)
-def load_spec(path: str) -> TrieSpec:
-    return TrieSpec(Path(path))
+def eos_of(path: str) -> int:
+    from transformers import AutoTokenizer
+
+    return int(AutoTokenizer.from_pretrained(Path(path) / "model").eos_token_id)
+
+
+@lru_cache(maxsize=8)
+def load_spec(path: str, version: int) -> TrieSpec:
+    return TrieSpec.load(Path(path), version)
+
+
+_newest: dict[str, tuple[float, float, int]] = {}  # bundle -> (checked at, pointer mtime, version)
+NEWEST_CHECK_S = 1.0
+
+
+def newest_version(path: str, fresh: bool = False) -> int:
+    """The bundle's current catalogue version, from its pointer file: stat-ed at most once per second (every
+    time with ``fresh``), read only when its modification time changed."""
+    from generative_rec.catalogue import current_version, pointer_path
+
+    now = time.monotonic()
+    checked, mtime, version = _newest.get(path, (-1e9, -1.0, 0))
+    if now - checked < NEWEST_CHECK_S and not fresh:
+        return version
+    try:
+        m = pointer_path(path).stat().st_mtime_ns
+    except FileNotFoundError:
+        m = 0
+    if m != mtime:
+        version = current_version(path)
+    _newest[path] = (now, m, version)
+    return version
+
+
+def refresh_newest() -> None:
+    """Forget the checked versions: the next :func:`newest_version` reads the pointer file again."""
+    _newest.clear()
+
+
+def spec_for(extra_args: dict | None, path: Path) -> TrieSpec:
+    """The catalogue version a request names (``genrec_catalogue_version``), else the newest one."""
+    raw = (extra_args or {}).get(KEY_VERSION)
+    newest = newest_version(str(path))
+    if raw is None:
+        return load_spec(str(path), newest)
+    if isinstance(raw, int) and raw > newest:  # made current less than a second ago
+        newest = newest_version(str(path), fresh=True)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= newest:
+        raise ValueError(f"vllm_xargs.{KEY_VERSION} must be a catalogue version between 0 and {newest} (got {raw!r})")
+    return load_spec(str(path), raw)
 
 
 def _flag(extra_args: dict | None, key: str) -> bool:
@@ -121,10 +197,11 @@ def is_scoring(extra_args: dict | None) -> bool:
 
 
 def parse_exclude(extra_args: dict | None, spec: TrieSpec) -> list[int]:
-    """Catalogue rows of ``genrec_exclude``; ValueError (-> HTTP 400) names every unknown id."""
+    """Catalogue rows of ``genrec_exclude`` and the version's hidden rows; ValueError (-> HTTP 400) names
+    every unknown id."""
     raw = (extra_args or {}).get(KEY_EXCLUDE)
     if raw is None:
-        return []
+        raw = []
     if isinstance(raw, (str, int, float)):
         raw = [raw]
     if not isinstance(raw, list):
@@ -136,9 +213,9 @@ def parse_exclude(extra_args: dict | None, spec: TrieSpec) -> list[int]:
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:5]) + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
         raise ValueError(f"vllm_xargs.{KEY_EXCLUDE}: unknown item(s): {shown}")
-    rows = sorted({spec.rows[k] for k in keys})
+    rows = sorted({spec.rows[k] for k in keys} | spec.hidden)
     if len(rows) >= spec.trie.num_items:
-        raise ValueError(f"vllm_xargs.{KEY_EXCLUDE} excludes every item in the catalogue")
+        raise ValueError(f"vllm_xargs.{KEY_EXCLUDE} excludes every item in the catalogue that is not hidden")
     return rows
 
 
@@ -175,10 +252,12 @@ class _Row:
 
     ``score``: top-W scoring (write full-vocabulary log-probs) rather than constrained sampling (mask)."""
 
-    __slots__ = ("out", "seen", "node", "excl", "score", "width")
+    __slots__ = ("out", "seen", "node", "excl", "score", "width", "spec")
 
-    def __init__(self, out: list[int], excl: Exclusion, node: int = 0, score: bool = False, width: int = 1):
+    def __init__(self, out: list[int], excl: Exclusion, node: int = 0, score: bool = False, width: int = 1,
+                 spec: TrieSpec | None = None):
         self.out, self.seen, self.node, self.excl, self.score, self.width = out, 0, node, excl, score, width
+        self.spec = spec  # the catalogue version the request runs under
 
     def live(self, trie) -> np.ndarray:
         """Tokens allowed at the next position (empty once the ID is complete or the path left the trie)."""
@@ -195,22 +274,22 @@ class TrieLogitsProcessor(LogitsProcessor):
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
         model_config = getattr(vllm_config, "model_config", None)
-        path = bundle_path_for(getattr(model_config, "model", None))
-        self.spec = load_spec(str(path)) if path is not None else None
+        self.path = bundle_path_for(getattr(model_config, "model", None))
         self.logprobs_mode = getattr(model_config, "logprobs_mode", None)
-        if self.spec is not None and self.logprobs_mode != LOGPROBS_MODE:
+        if self.path is not None and self.logprobs_mode != LOGPROBS_MODE:
             log.warning("genrec: the engine runs with logprobs_mode=%s; %s requests need %s (their log-probs "
                         "would be renormalised)", self.logprobs_mode, KEY_SCORE, LOGPROBS_MODE)
+        if self.path is not None:
+            spec_for(None, self.path)  # load the newest version now: a broken bundle fails at engine start
         self.device = device
         self.rows: dict[int, _Row] = {}
-        self.sinks: np.ndarray | None = None
-        self._exclusions: dict[tuple[int, ...], Exclusion] = {}
+        self._exclusions: dict[tuple[int, tuple[int, ...]], Exclusion] = {}
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:
         constrained, scoring = is_constrained(params.extra_args), is_scoring(params.extra_args)
         if not (constrained or scoring):
-            for key in (KEY_EXCLUDE, KEY_PREFIX):
+            for key in (KEY_EXCLUDE, KEY_PREFIX, KEY_VERSION):
                 if params.extra_args and key in params.extra_args:
                     raise ValueError(f"vllm_xargs.{key} needs vllm_xargs.{KEY_CONSTRAINED}: 1 or {KEY_SCORE}: 1")
             return
@@ -230,69 +309,65 @@ class TrieLogitsProcessor(LogitsProcessor):
         if path is None:
             raise ValueError("constrained decoding needs the server to be started by `genrec serve` "
                              f"(no bundle: set {ENV_BUNDLE})")
-        spec = load_spec(str(path))
-        parse_exclude(params.extra_args, spec)
+        extra = dict(params.extra_args)
+        if extra.pop(KEY_PINNED, None):  # pinned by an earlier validation of the same params: resolve again
+            extra.pop(KEY_VERSION, None)
+        spec = spec_for(extra, path)
+        parse_exclude(extra, spec)
         if scoring:
-            parse_prefix(params.extra_args, spec)
+            parse_prefix(extra, spec)
+        if KEY_VERSION not in extra:  # the engine must use the version validated here (it may not see it yet)
+            params.extra_args = {**extra, KEY_VERSION: spec.version, KEY_PINNED: 1}
 
     def is_argmax_invariant(self) -> bool:
         return False
 
-    def _exclusion(self, rows: list[int]) -> Exclusion:
-        key = tuple(rows)
+    def spec_for_request(self, extra_args: dict | None) -> TrieSpec:
+        """The catalogue version a request runs under (:func:`spec_for`)."""
+        if self.path is None:
+            raise ValueError(f"constrained decoding requested but no bundle was found (set {ENV_BUNDLE})")
+        return spec_for(extra_args, self.path)
+
+    def _exclusion(self, spec: TrieSpec, rows: list[int]) -> Exclusion:
+        key = (spec.version, tuple(rows))
         ex = self._exclusions.get(key)
         if ex is None:
             if len(self._exclusions) > 4096:
                 self._exclusions.clear()
-            ex = self._exclusions[key] = Exclusion.from_items(self.spec.trie, rows)
+            ex = self._exclusions[key] = Exclusion.from_items(spec.trie, rows)
         return ex
 
     def _new_row(self, params: SamplingParams, _prompt: list[int] | None, out: list[int]) -> _Row | None:
         scoring = is_scoring(params.extra_args)
         if not (scoring or is_constrained(params.extra_args)):
             return None
-        if self.spec is None:
-            raise ValueError(f"constrained decoding requested but no bundle was found (set {ENV_BUNDLE})")
-        excl = self._exclusion(parse_exclude(params.extra_args, self.spec))
-        node = parse_prefix(params.extra_args, self.spec)[1] if scoring else 0
+        spec = self.spec_for_request(params.extra_args)
+        excl = self._exclusion(spec, parse_exclude(params.extra_args, spec))
+        node = parse_prefix(params.extra_args, spec)[1] if scoring else 0
         width = max(1, (params.logprobs or 0) - LOGPROBS_EXTRA)  # the W best children the request reads
-        return _Row(out, excl, node, scoring, width)
+        return _Row(out, excl, node, scoring, width, spec)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.rows, batch_update, self._new_row)
 
-    def _sinks(self, vocab: int) -> np.ndarray:
-        """Every column no ID uses and that is not EOS: they share the mass of the masked tokens."""
-        if self.sinks is None:
-            used = np.zeros(vocab, dtype=bool)
-            toks = self.spec.trie.token[1:]
-            used[toks[toks < vocab]] = True
-            if 0 <= self.spec.eos < vocab:
-                used[self.spec.eos] = True
-            free = np.flatnonzero(~used)
-            if len(free) == 0:
-                raise RuntimeError("the item IDs use every token of the vocabulary: no sink token for top-W scoring")
-            self.sinks = free.astype(np.int64)
-        return self.sinks
-
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
-        trie, eos = self.spec.trie, self.spec.eos
         keep_rows: list[int] = []
         keep_cols: list[np.ndarray] = []
-        score_rows: list[int] = []
-        score_cols: list[np.ndarray] = []
-        score_widths: list[int] = []
+        scoring: dict[int, tuple[TrieSpec, list[int], list[np.ndarray], list[int]]] = {}  # by catalogue version
         eos_rows: list[int] = []
+        eos = -1
         for idx, r in self.rows.items():
-            cols = r.live(trie)
+            cols = r.live(r.spec.trie)
             if len(cols) == 0:  # a complete ID (or nothing left): only EOS, so the completion stops
                 eos_rows.append(idx)
+                eos = r.spec.eos
             elif r.score:
-                score_rows.append(idx)
-                score_cols.append(np.asarray(cols, dtype=np.int64))
-                score_widths.append(r.width)
+                _, rows, cs, ws = scoring.setdefault(r.spec.version, (r.spec, [], [], []))
+                rows.append(idx)
+                cs.append(np.asarray(cols, dtype=np.int64))
+                ws.append(r.width)
             else:
                 keep_rows.append(idx)
                 keep_cols.append(np.asarray(cols, dtype=np.int64))
@@ -303,15 +378,16 @@ class TrieLogitsProcessor(LogitsProcessor):
             keep = logits[rows, cols]  # the allowed tokens' logits, kept as they are
             logits.index_fill_(0, torch.as_tensor(keep_rows, dtype=torch.long, device=dev), float("-inf"))
             logits[rows, cols] = keep
-        if score_rows:
-            self._write_scores(logits, score_rows, score_cols, score_widths)
+        for spec, rows_, cols_, widths in scoring.values():
+            self._write_scores(logits, rows_, cols_, widths, spec.sinks(logits.shape[1]))
         if eos_rows:
             idx = torch.as_tensor(eos_rows, dtype=torch.long, device=dev)
             logits.index_fill_(0, idx, float("-inf"))
             logits[idx, eos] = 0.0
         return logits
 
-    def _write_scores(self, logits: torch.Tensor, rows: list[int], cols: list[np.ndarray], widths: list[int]) -> None:
+    def _write_scores(self, logits: torch.Tensor, rows: list[int], cols: list[np.ndarray], widths: list[int],
+                      sinks_np: np.ndarray) -> None:
         """Rows := full-vocabulary log-softmax on the allowed columns, the rest of the mass spread on sinks."""
         dev = logits.device
         idx = torch.as_tensor(rows, dtype=torch.long, device=dev)
@@ -327,7 +403,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         top = torch.topk(lp, int(w.max()), dim=-1).values
         kth = top.gather(1, (w - 1)[:, None])[:, 0]
         # m sinks of (1 - P) / m each, m = floor((1 - P) / p_W) + 1, so every share is below p_W
-        sinks = torch.from_numpy(self._sinks(lp.shape[1])).to(dev)
+        sinks = torch.from_numpy(sinks_np).to(dev)
         m = torch.floor(torch.exp(torch.clamp(rest - kth, max=40.0))) + 1
         m = torch.where(m > len(sinks), torch.ones_like(m), m)  # not enough free tokens: one sink takes it all
         share = rest - torch.log(m)
@@ -344,9 +420,13 @@ def constrained_args(exclude: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
-def scoring_args(prefix: list[int] | tuple[int, ...] = (), exclude: list[str] | None = None) -> dict[str, Any]:
-    """``extra_args`` / ``vllm_xargs`` of a top-W scoring request after the ID tokens ``prefix``."""
+def scoring_args(prefix: list[int] | tuple[int, ...] = (), exclude: list[str] | None = None,
+                 version: int | None = None) -> dict[str, Any]:
+    """``extra_args`` / ``vllm_xargs`` of a top-W scoring request after the ID tokens ``prefix`` (under
+    catalogue version ``version``; None: the newest)."""
     out: dict[str, Any] = {KEY_SCORE: 1}
+    if version is not None:
+        out[KEY_VERSION] = int(version)
     if prefix:
         out[KEY_PREFIX] = [int(t) for t in prefix]
     if exclude:

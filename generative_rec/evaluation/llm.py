@@ -89,3 +89,26 @@ def evaluate_bundle_llm(bundle, data: RecData, users: np.ndarray, cfg, model=Non
                        progress=progress, parser=IdParser(bundle.index, bundle.tokenizer),
                        unconstrained_users=cfg.unconstrained_users)
     return {**res, "template": tpl.key, "model": model}
+
+
+def rank_bundle_among_new(bundle, data: RecData, users: np.ndarray, cfg, model, progress: bool = True) -> dict:
+    """The bundle's LLM ranking the new items only (:mod:`~generative_rec.evaluation.slices`), for the users of
+    ``users`` whose ``cfg.split`` target is a new item: the trie-constrained search with every known item
+    (and the history) excluded, so its top-K are the K most likely new items."""
+    from generative_rec.evaluation.slices import new_only_exclusions, new_target_users
+
+    sel = new_target_users(data, users, cfg.split)
+    out: dict = {"users": int(len(sel)), "candidates": int(data.new_items.sum())}
+    if not len(sel):
+        return out
+    examples = data.examples(cfg.split, sel)
+    histories = [e.history for e in examples]
+    k = max(cfg.ks)
+    with torch.inference_mode():
+        topk, _ = rank_histories(model, bundle.renderer, bundle.trie, histories, bundle.template(cfg.template), k,
+                                 bundle.manifest.get("max_history"), cfg.num_beams,
+                                 exclude=new_only_exclusions(data, histories), batch_size=cfg.batch_size,
+                                 pad_id=bundle.tokenizer.pad_token_id, progress=progress)
+    targets = np.asarray([e.target for e in examples], dtype=np.int64)
+    out.update(accuracy(topk, targets, [x for x in cfg.ks if x <= k]).means)
+    return out

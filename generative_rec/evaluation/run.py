@@ -65,7 +65,7 @@ def evaluate_bundle(bundle_path: str | Path, cfg: EvalSection | None = None, dat
     setting; ``cfg.explain_users`` > 0 also explains the held-out target and the top-1 recommendation of that
     many users (seeded sample) and reports faithfulness (and BLEU/ROUGE on review data)."""
     cfg = cfg or EvalSection()
-    bundle = Bundle(bundle_path)
+    bundle = Bundle(bundle_path, catalogue_version=0)  # the trained catalogue: the one the data describes
     data = RecData(data_path or bundle.manifest["data"]["path"])
     sample = data.sample_users(cfg.users, cfg.seed)
     ks = tuple(cfg.ks)

@@ -58,6 +58,9 @@ class ItemIndex:
     # semantic: every item sharing that code). Empty: initialise from the mean embedding.
     token_items: dict[str, list[int]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    # Numpy arrays the scheme needs to code new items later (semantic: normaliser and codebooks). Not in
+    # index.json: a bundle saves them beside it as ``index.npz`` (:meth:`save_arrays`).
+    arrays: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.item_ids) != len(self.id_texts):
@@ -88,7 +91,23 @@ class ItemIndex:
         return Trie.build(self.token_ids(tokenizer))
 
     def save(self, path: str | Path) -> None:
-        atomic_write_json(path, asdict(self))
+        """``index.json`` (every field but ``arrays``)."""
+        d = asdict(self)
+        d.pop("arrays")
+        atomic_write_json(path, d)
+
+    def save_arrays(self, path: str | Path) -> None:
+        """``arrays`` as one ``.npz`` (atomically); nothing is written when there are none."""
+        if self.arrays:
+            import io
+
+            import numpy as np
+
+            from generative_rec.io import atomic_write_bytes
+
+            buf = io.BytesIO()
+            np.savez(buf, **self.arrays)
+            atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> ItemIndex:

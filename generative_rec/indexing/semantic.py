@@ -25,8 +25,10 @@ Items with similar text share ID prefixes, and a new item can be coded from its 
 Tokens: ``<a_12><b_3><c_200>`` (+ ``<d_1>``): one new token per (level, code). ``token_items`` lists, for each
 code token, the items carrying it (their titles initialise its embedding); ``d`` tokens get the mean.
 ``meta`` records the settings, every item's codes, the per-level quantisation error and a hash of the
-embeddings; ``codebooks_path`` (option) also saves the normaliser and centroids (``.npz``) so a new item can
-be coded with :func:`encode`. Uses no interaction data at all.
+embeddings. The normaliser and centroids travel with the index as ``ItemIndex.arrays`` (a bundle saves them
+as ``index.npz``; ``codebooks_path`` also writes them to a file of one's choice), so a new item can be coded
+with :func:`encode`, or given a free ID with :func:`extend` (``genrec index --add-items``). Uses no
+interaction data at all.
 """
 
 from __future__ import annotations
@@ -204,16 +206,86 @@ def build_from_embeddings(data, cfg: IndexConfig, emb: np.ndarray | Callable[[li
         "disambiguated_items": sum(len(g) for g in groups.values() if len(g) > 1),
         "max_shared": max(len(g) for g in groups.values()), "codes": full,
     }
+    codebooks = {"levels": np.asarray(levels), **norm, **{f"level{lvl}": b for lvl, b in enumerate(books)}}
     if o.codebooks_path:
         path = Path(o.codebooks_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, levels=levels, **norm, **{f"level{lvl}": b for lvl, b in enumerate(books)})
+        np.savez(path, **codebooks)
         meta["codebooks_path"] = str(path)
     return ItemIndex(scheme="semantic", item_ids=list(data.item_ids), id_texts=ids, new_tokens=new_tokens,
-                     token_items={t: token_items[t] for t in new_tokens}, meta=meta)
+                     token_items={t: token_items[t] for t in new_tokens}, meta=meta, arrays=codebooks)
 
 
 @register("semantic", SemanticOptions)
 def build(data, cfg: IndexConfig, options: SemanticOptions) -> ItemIndex:
     emb, source = load_embeddings(data, options)
     return build_from_embeddings(data, cfg, emb, source)
+
+
+# --------------------------------------------------------------------------- new items without retraining
+def code_token(level: int, code: int) -> str:
+    return f"<{string.ascii_lowercase[level]}_{code}>"
+
+
+def extend(index: ItemIndex, emb: np.ndarray, codebooks: dict[str, np.ndarray]) -> list[list[int]]:
+    """Full codes (with a disambiguation code where needed) for new items of embeddings ``emb``, using only
+    tokens the index already has (``index.new_tokens``: the model's vocabulary is fixed once it is trained).
+
+    Per item: at each level but the last, the nearest centroid whose token exists; at the last level the
+    existing tokens in order of distance, taking the first that gives a free ID — a code tuple no item has
+    (the ID is those codes), or one whose items already carry disambiguation codes and a ``<d_N>`` token that
+    exists is still free there (the ID is the codes plus ``<d_N>``). A tuple held by exactly one item (an ID
+    without ``<d_N>``) cannot be shared: a disambiguated ID would extend it. Items are coded in order, each
+    seeing the ones before. Returns ``[]`` entries for items that cannot be coded (the caller says why)."""
+    levels = int(index.meta["levels"])
+    vocab = set(index.new_tokens)
+    plain: set[tuple[int, ...]] = set()  # code tuples held by one item (ID without a d code)
+    groups: dict[tuple[int, ...], set[int]] = {}  # code tuple -> d codes taken
+    for c in index.meta["codes"]:
+        if len(c) == levels:
+            plain.add(tuple(c))
+        else:
+            groups.setdefault(tuple(c[:levels]), set()).add(int(c[levels]))
+    d_free = sorted(int(t[3:-1]) for t in vocab if t[1] == string.ascii_lowercase[levels])
+    out: list[list[int]] = []
+    for z in normalise(np.asarray(emb, dtype=np.float64), codebooks):
+        prefix, resid = [], z
+        for lvl in range(levels - 1):
+            c = _nearest_existing(resid, codebooks[f"level{lvl}"], lvl, vocab)
+            if c is None:
+                break
+            prefix.append(c)
+            resid = resid - codebooks[f"level{lvl}"][c]
+        out.append(_free_id(tuple(prefix), resid, codebooks[f"level{levels - 1}"], levels, vocab, plain, groups,
+                            d_free) if len(prefix) == levels - 1 else [])
+    return out
+
+
+def _nearest_existing(resid: np.ndarray, book: np.ndarray, level: int, vocab: set[str]) -> int | None:
+    for c in sq_dists(resid[None, :], book)[0].argsort(kind="stable"):
+        if code_token(level, int(c)) in vocab:
+            return int(c)
+    return None
+
+
+def _free_id(prefix: tuple[int, ...], resid: np.ndarray, book: np.ndarray, levels: int, vocab: set[str],
+             plain: set[tuple[int, ...]], groups: dict[tuple[int, ...], set[int]], d_free: list[int]) -> list[int]:
+    """The first free ID along the last level's existing codes by distance (see :func:`extend`); records it."""
+    for c in sq_dists(resid[None, :], book)[0].argsort(kind="stable"):
+        if code_token(levels - 1, int(c)) not in vocab:
+            continue
+        key = (*prefix, int(c))
+        if key not in plain and key not in groups:
+            plain.add(key)
+            return list(key)
+        if key in groups:
+            d = next((d for d in d_free if d not in groups[key]), None)
+            if d is not None:
+                groups[key].add(d)
+                return [*key, d]
+    return []
+
+
+def id_text(codes: list[int], levels: int) -> str:
+    """The ID text of full codes (``levels`` level codes, then an optional disambiguation code)."""
+    return "".join(code_token(lvl, c) for lvl, c in enumerate(codes))

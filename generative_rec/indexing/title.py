@@ -62,3 +62,18 @@ def build(data, cfg: IndexConfig, options: NoOptions) -> ItemIndex:
     n_dup = sum(n for n in clean.values() if n > 1)
     return ItemIndex(scheme="title", item_ids=list(data.item_ids), id_texts=ids,
                      meta={"disambiguated": n_dup, "rule": "quoted title; duplicates get ' [item id]'"})
+
+
+def extend(index: ItemIndex, titles: list[str], item_ids: list[str]) -> list[str]:
+    """ID texts of new items (``"<clean title>"``, no disambiguation: a new item never renames an existing
+    one). ValueError names the first title whose ID an existing item or an earlier new item already has."""
+    taken = {t: iid for t, iid in zip(index.id_texts, index.item_ids, strict=True)}
+    out = []
+    for title, iid in zip(titles, item_ids, strict=True):
+        text = f"{QUOTE}{clean_title(title, iid)}{QUOTE}"
+        if text in taken:
+            raise ValueError(f"item {iid!r}: its ID {text} is already the ID of item {taken[text]!r} (title IDs "
+                             "must be unique: give the new item a distinguishing title, e.g. with its year)")
+        taken[text] = iid
+        out.append(text)
+    return out

@@ -42,7 +42,7 @@ def cmd_serve(a) -> None:
         extra = extra[1:]
     serve(ServeOptions(bundle=a.bundle, host=a.host, port=a.port, api_key=a.api_key,
                        served_model_name=a.served_model_name, engine=engine_options(a), max_k=a.max_k,
-                       max_concurrency=a.max_concurrency, vllm_args=extra))
+                       max_concurrency=a.max_concurrency, watch_catalogue=a.watch_catalogue, vllm_args=extra))
 
 
 def register(subparsers) -> None:
@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     s.add_argument("--max-k", dest="max_k", type=int, default=100, help="largest k a request may ask for")
     s.add_argument("--max-concurrency", dest="max_concurrency", type=int, default=64,
                    help="recommendation requests decoded at once; more wait in a queue")
+    s.add_argument("--watch-catalogue", dest="watch_catalogue", type=float, default=None, metavar="SECONDS",
+                   help="reload the bundle's catalogue when `genrec catalogue` changed it, checking every SECONDS "
+                        "(always available: POST /v1/admin/catalogue/reload)")
     add_engine_args(s)
     s.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then extra vLLM server flags")
     s.set_defaults(fn=cmd_serve)

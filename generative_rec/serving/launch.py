@@ -10,11 +10,13 @@ and uvicorn wrapper (``serve_http``). This module only
    ``VLLM_CPU_KVCACHE_SPACE`` on CPU, ``VLLM_USE_V2_MODEL_RUNNER=0`` on GPU — the processor uses the V1
    runner's interface);
 3. mirrors vLLM's ``run_server`` -> ``build_and_serve`` with one addition: our router is included in the
-   app and the recommendation service (sharing the engine client) is put into the app state.
+   app and the recommendation service (sharing the engine client) is put into the app state; with
+   ``watch_catalogue`` a task reloads the bundle's catalogue when its version changes (``catalogue.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from argparse import Namespace
@@ -45,6 +47,7 @@ class ServeOptions:
     engine: EngineOptions = field(default_factory=EngineOptions)
     max_k: int = DEFAULT_MAX_K
     max_concurrency: int = 64  # recommendation requests decoding at once (the rest wait)
+    watch_catalogue: float | None = None  # seconds between checks for a new catalogue version (None: only the route)
     vllm_args: list[str] = field(default_factory=list)  # passed through to vLLM unchanged
 
 
@@ -115,7 +118,7 @@ async def run_server(bundle, so: ServeOptions, args: Namespace) -> None:
     from generative_rec.serving.app import RecommendationService, attach
 
     listen_address, sock = setup_server(args, reuse_port=False)
-    service = None
+    service, watch = None, None
     async with build_async_engine_client(args) as engine_client:
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
@@ -128,6 +131,7 @@ async def run_server(bundle, so: ServeOptions, args: Namespace) -> None:
         service = RecommendationService(bundle, engine_client, model_name, lora_request, max_k=so.max_k,
                                         max_concurrency=so.max_concurrency)
         app.state.genrec = service
+        watch = asyncio.create_task(service.watch(so.watch_catalogue)) if so.watch_catalogue else None
         log.info("genrec: serving %s (%d items) as %r on %s", bundle.path, bundle.num_items, model_name,
                  listen_address)
         uvicorn_kwargs = {}
@@ -144,6 +148,8 @@ async def run_server(bundle, so: ServeOptions, args: Namespace) -> None:
     try:
         await shutdown_task
     finally:
+        if watch is not None:
+            watch.cancel()
         sock.close()
         if service is not None:
             service.close()

@@ -42,7 +42,8 @@ class Prepared:
 
 def prepare(bundle, keys: Sequence[str | int], k: int, exclude_history: bool = True,
             exclude_keys: Sequence[str | int] = (), max_k: int | None = None) -> Prepared:
-    """Resolve history keys (item ids or exact titles), check ``k``, build the prompt and exclusions."""
+    """Resolve history keys (item ids or exact titles), check ``k``, build the prompt and exclusions (the
+    requested ones plus the bundle's hidden items: those are never recommended)."""
     from generative_rec.errors import UnknownItemError
 
     if len(keys) == 0:
@@ -64,9 +65,10 @@ def prepare(bundle, keys: Sequence[str | int], k: int, exclude_history: bool = T
         extra = bundle.lookup([str(x) for x in exclude_keys]) if exclude_keys else []
     except UnknownItemError as e:
         raise RequestError(f"exclude: {e}", "exclude") from None
-    exclude = sorted(set(rows if exclude_history else []) | set(extra))
+    exclude = sorted(set(rows if exclude_history else []) | set(extra) | set(getattr(bundle, "hidden", ())))
     if n - len(exclude) < k:
-        raise RequestError(f"k={k} but only {n - len(exclude)} catalogue items remain after exclusions", "k")
+        raise RequestError(f"k={k} but only {n - len(exclude)} catalogue items remain after exclusions "
+                           "(and hidden items)", "k")
     max_h = bundle.manifest.get("max_history")
     shown = rows[-max_h:] if max_h else rows
     return Prepared(bundle.prompt_ids(shown), exclude, rows, len(shown), k)

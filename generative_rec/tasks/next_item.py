@@ -36,8 +36,8 @@ def build(ctx, templates, weight, rng):
         if len(w) <= ctx.min_context:
             continue
         t = templates[rng.randrange(len(templates))]
-        if t.sequence_capable:
-            out.append(r.sequence_example(t, w, ctx.min_context))
+        if t.sequence_capable:  # aligned prompts: 0..align-1 leading fillers, so every count is seen
+            out.append(r.sequence_example(t, w, ctx.min_context, rng.randrange(r.align) if r.align else 0))
         else:
             cut = rng.randrange(ctx.min_context, len(w))
             out.append(r.next_item_example(t, w[max(0, cut - ctx.max_history): cut], int(w[cut])))

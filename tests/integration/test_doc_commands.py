@@ -16,7 +16,8 @@ shown as ``[--resume]`` is taken as given. One test per command, its id ``<doc>:
 
 **Only parsed**, with the CLI's own parser (:data:`PARSE_ONLY`), which still fails on an unknown flag or value:
 ``genrec serve`` starts a vLLM HTTP server and blocks until killed (tests/vllm/test_server.py starts the real
-one); ``genrec generate --engine ray`` joins a Ray cluster (``--ray-address``) or starts one vLLM engine per
+one); ``genrec catalogue ...`` and ``genrec index --add-items`` need a title- or semantic-ID bundle
+(tests/unit/test_catalogue.py runs them on one); ``genrec generate --engine ray`` joins a Ray cluster (``--ray-address``) or starts one vLLM engine per
 actor, minutes on 2 cores (tests/vllm/test_generate_ray.py runs it on 2 local CPU actors).
 
 **The rewrite.** Each command runs in a fresh temporary folder, where:
@@ -75,6 +76,9 @@ PARSE_ONLY = {  # what a command contains -> why it is only parsed
     ("genrec", "serve"): "starts a vLLM HTTP server and blocks (tests/vllm/test_server.py starts the real one)",
     ("genrec", "generate", "--engine", "ray"): "joins a Ray cluster or starts one vLLM engine per actor "
                                                 "(tests/vllm/test_generate_ray.py runs it on 2 local CPU actors)",
+    ("genrec", "catalogue"): "changes a bundle with title or semantic IDs (the docs' tiny bundle has atomic IDs); "
+                             "tests/unit/test_catalogue.py runs these commands on such bundles",
+    ("genrec", "index", "--add-items"): "the same as `genrec catalogue add` (tests/unit/test_catalogue.py runs it)",
 }
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OPENBLAS_NUM_THREADS": "1",
        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
@@ -314,8 +318,11 @@ def check_outputs(cmd: DocCommand, argv: list[str], ws: Path, out: str) -> None:
         return
     a = build_parser().parse_args(argv[1:])
     if cmd.kind == "prepare":
-        prepared = yaml.safe_load((ws / a.config).read_text())["output"]
+        prepared = yaml.safe_load((ws / a.config).read_text())["output"] if a.config else a.output
         assert (ws / prepared / "meta.json").exists(), f"nothing prepared at {prepared}"
+        if a.new_items:
+            meta = yaml.safe_load((ws / prepared / "meta.json").read_text())
+            assert meta["cold_start"]["new_item_fraction"] == a.new_items, meta.get("cold_start")
     elif cmd.kind in ("train", "demo"):
         bundle = load_config(ws / a.config if a.config else REPO / "train/configs/demo_cpu.yaml", a.set).output
         assert (ws / bundle / "bundle.json").exists(), f"no bundle at {bundle}"

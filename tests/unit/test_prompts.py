@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from helpers import sequential_setup
 
-from generative_rec.data import RecData
 from generative_rec.errors import ConfigError
-from generative_rec.indexing import IndexConfig, build_index
-from generative_rec.modeling import train_tiny_tokenizer
 from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_data, tmp_path_factory):
-    data = RecData(tiny_data)
-    tok = train_tiny_tokenizer(data.titles + ["0123456789 A user's items, oldest first"],
-                               tmp_path_factory.mktemp("tok"))
-    index = build_index(data, IndexConfig(scheme="sequential"))
+    data, tok, index = sequential_setup(tiny_data, tmp_path_factory.mktemp("tok"))
     r = Renderer(tok, index.token_ids(tok), data.titles, "movie")
     return data, tok, index, r
 

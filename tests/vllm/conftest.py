@@ -81,6 +81,7 @@ def train_bundle(
     scheme: str = "sequential",
     tasks: dict | None = None,
     train_options: dict | None = None,
+    prompt_options: dict | None = None,
 ) -> Path:
     import yaml
 
@@ -92,7 +93,7 @@ def train_bundle(
         "index": {"scheme": scheme},
         "model": {"base": base, "tiny": {"hidden": 64, "layers": 2, "heads": 2, "vocab": 400}},
         "lora": {"r": 4, "alpha": 8},
-        "prompts": {"tasks": tasks or {"next_item": 1.0}},
+        "prompts": {"tasks": tasks or {"next_item": 1.0}, **(prompt_options or {})},
         "train": {
             "max_steps": steps,
             "batch_size": 4,
@@ -121,6 +122,13 @@ def atomic_bundle(tmp_path_factory, tiny_data) -> Path:
     """The same catalogue with atomic IDs: one new token per item, so the trie's root has 150 children —
     more than one ``logprob_token_ids`` request could score (vLLM caps those at 128)."""
     return train_bundle(tmp_path_factory.mktemp("tiny-atomic"), tiny_data, "tiny-random", steps=4, scheme="atomic")
+
+
+@pytest.fixture(scope="session")
+def aligned_bundle(tmp_path_factory, tiny_data) -> Path:
+    """``tiny_bundle`` trained with block-aligned prompts (``prompts.align: 32``, vLLM's CPU block size)."""
+    return train_bundle(tmp_path_factory.mktemp("tiny-aligned"), tiny_data, "tiny-random", steps=4,
+                        prompt_options={"align": 32})
 
 
 @pytest.fixture(scope="session")
@@ -217,6 +225,13 @@ def tiny_llm(tiny_bundle, engine_slot) -> LazyLLM:
 @pytest.fixture(scope="session")
 def atomic_llm(atomic_bundle, engine_slot) -> LazyLLM:
     lazy = LazyLLM(atomic_bundle, engine_slot, "atomic-llm")
+    yield lazy
+    lazy.close()
+
+
+@pytest.fixture(scope="session")
+def aligned_llm(aligned_bundle, engine_slot) -> LazyLLM:
+    lazy = LazyLLM(aligned_bundle, engine_slot, "aligned-llm")
     yield lazy
     lazy.close()
 

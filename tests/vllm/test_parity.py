@@ -148,3 +148,38 @@ def test_greedy_constrained_completion_equals_hf_greedy(tiny_llm, bundle, hf_mod
                                 logits_processor=LogitsProcessorList([TrieLogitsProcessor(bundle.trie, len(p), eos)]))
         assert toks == ref[0, len(p):].tolist()
         assert bundle.trie.item_of(toks[:-1]) >= 0
+
+
+def test_aligned_prompts_match_hf_and_every_beam_request_reuses_the_whole_prompt(aligned_llm, aligned_bundle, users):
+    """A bundle trained with ``prompts.align: 32`` (the engine's block size): vLLM and HF still agree on the
+    top-K of the bundle's (aligned) prompts, and every request after a prompt's first finds ALL of the
+    prompt's KV in the prefix cache — the point of aligning (unaligned, its last partial block is recomputed)."""
+    from transformers import AutoModelForCausalLM
+
+    from generative_rec.bundle import Bundle
+    from generative_rec.decoding.hf import hf_generate_topk, hf_topk
+    from generative_rec.decoding.vllm_engine import EngineScorer, llm_run, search_topk
+
+    b = Bundle(aligned_bundle)
+    hf = AutoModelForCausalLM.from_pretrained(aligned_bundle / "model", dtype=torch.float32).eval()
+    prompts, excl = inputs(b, users, 6)
+    assert b.prompt_align == 32 and all(len(p) % 32 == 0 for p in prompts)
+    run, seen = llm_run(aligned_llm.get()), []
+
+    def spy(reqs):
+        outs = run(reqs)
+        seen.extend((ids, o.num_cached_tokens) for (ids, _), o in zip(reqs, outs, strict=True))
+        return outs
+
+    scorer = EngineScorer(spy, b.trie, b.item_ids, 10, None, excl)
+    fast = search_topk(scorer, prompts, b.trie, 10, None, excl, None)
+    cached = hf_topk(hf, prompts, b.trie, 10, b.tokenizer.pad_token_id, None, excl)
+    for p, e, f, c in zip(prompts, excl, fast, cached, strict=True):
+        ref = hf_generate_topk(hf, p, b.trie, 10, b.tokenizer.eos_token_id, None, e)
+        assert_same_topk(f.items, f.scores, ref.items, ref.scores)
+        assert_same_topk(f.items, f.scores, c.items, c.scores)
+    beam_requests = [(ids, n) for ids, n in seen if not any(ids == p for p in prompts)]
+    assert beam_requests, "the search sent no request past a prompt's first"
+    for ids, n in beam_requests:
+        plen = next(len(p) for p in prompts if ids[: len(p)] == p)
+        assert n is not None and n >= plen, (plen, len(ids), n)

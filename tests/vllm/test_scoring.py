@@ -33,13 +33,14 @@ class FakeEngine:
     """``run`` for ``EngineScorer``: what vLLM's V1 sampler does with a greedy scoring request, per position."""
 
     def __init__(self, trie: Trie, vocab: int, eos: int, seed: int = 0):
-        from generative_rec.decoding.vllm_processor import TrieLogitsProcessor
+        from generative_rec.decoding.vllm_processor import TrieLogitsProcessor, TrieSpec
 
         self.vocab, self.eos, self.seed = vocab, eos, seed
         self.item_ids = [f"it{i}" for i in range(trie.num_items)]
         self.proc = TrieLogitsProcessor.__new__(TrieLogitsProcessor)
-        self.proc.spec = SimpleNamespace(trie=trie, rows={x: i for i, x in enumerate(self.item_ids)}, eos=eos)
-        self.proc.rows, self.proc.sinks, self.proc._exclusions = {}, None, {}
+        self.spec = spec = TrieSpec(trie, self.item_ids, eos)
+        self.proc.spec_for_request = lambda extra_args: spec
+        self.proc.rows, self.proc._exclusions = {}, {}
         self.requests = 0
 
     def logits(self, ids) -> torch.Tensor:
@@ -151,7 +152,7 @@ def test_scoring_rows_sum_to_one_and_keep_the_models_values():
         assert abs(float(torch.logsumexp(row, 0))) < 1e-5
         kids = list(range(10))
         torch.testing.assert_close(row[kids], raw[kids])
-        sinks = eng.proc.sinks
+        sinks = eng.spec.sinks(80)
         assert not set(sinks.tolist()) & (set(trie.token[1:].tolist()) | {79})
         assert set(torch.nonzero(torch.isfinite(row)).flatten().tolist()) <= set(kids) | set(sinks.tolist())
         best_w = sorted(kids, key=lambda t: -float(raw[t]))[:w]

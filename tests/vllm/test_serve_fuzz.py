@@ -441,3 +441,22 @@ def test_structured_outputs_with_the_trie_is_400(tiny_server, bundle, users, opt
     without_grammar = {k: v for k, v in body.items() if k not in ("structured_outputs", "response_format")}
     assert tiny_server.post("/v1/completions", without_grammar).status_code == 200
     assert tiny_server.post("/v1/completions", {**body, "vllm_xargs": {}}).status_code == 200
+
+
+def test_seed_on_the_cpu_engine_is_400(tiny_server, bundle):
+    """Finding 3 (tests/vllm/test_catalogue_reload.py under 32 clients): a seeded completion whose prefill is
+    chunked kills vLLM 0.32's CPU engine (``CPU Generator does not use offset``). On a CPU build the server
+    refuses ``seed`` up front; the same request without it is served."""
+    from generative_rec.decoding.vllm_engine import is_cpu_build
+
+    body = {"model": "genrec", "prompt": bundle.prompt_ids([0]), "max_tokens": 2}
+    r = tiny_server.post("/v1/completions", {**body, "seed": 3})
+    if is_cpu_build():
+        assert r.status_code == 400, r.text
+        assert "seed is not supported on the CPU engine" in r.json()["error"]["message"], r.text
+        chat = {"model": "genrec", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "seed": 1}
+        assert tiny_server.post("/v1/chat/completions", chat).status_code == 400
+    else:
+        assert r.status_code == 200, r.text
+    assert tiny_server.post("/v1/completions", {**body, "seed": None}).status_code == 200
+    assert tiny_server.post("/v1/completions", body).status_code == 200
