@@ -279,9 +279,10 @@ def render(results: dict, command: str) -> str:
     lines += ["![NDCG@10 by history length](cold_start.png)", "",
               "## Schemes that cannot express a new item", ""]
     lines += [f"- `{s}`: {why}." for s, why in WHY_NOT.items()]
-    lines += ["- `atomic` can, only through its text start: the new item's token begins from the embedding of "
-              "its title (like every item's), but training never makes it a target, and the CPU tier's "
-              "popularity start and collaborative start/distillation (from a SASRec that never saw it) push it down.",
+    lines += ["- `atomic` can, through its text: training never makes a new item a target, so after training "
+              "its LM-head row is replaced by one predicted from its text (a ridge map from text embeddings to the "
+              "trained rows of the known items, `generative_rec/cold_items.py`, on by default: `model.cold_rows`); "
+              "without it the row keeps a start that the popularity start puts last.",
               "- `semantic` shares its code prefixes with items of similar text, so a new item is reachable "
               "through codes the model was trained to produce.",
               "- `title` (IDs are the titles) can express any item, but decoding ~12 tokens per ID is too slow for "
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--schemes", nargs="+", default=["atomic", "semantic"], choices=["atomic", "semantic", "title"])
     p.add_argument("--standard-schemes", dest="standard_schemes", nargs="*", default=["atomic"],
                    help="schemes also trained under the standard protocol for the known-item check")
-    p.add_argument("--prior", nargs="*", default=["semantic"],
+    p.add_argument("--prior", nargs="*", default=["atomic", "semantic"],
                    help="schemes also evaluated with the new-item prior (evaluation/new_item_prior.py), beta tuned "
                         "on validation users")
     p.add_argument("--new-items", dest="new_items", type=float, default=0.1)

@@ -36,6 +36,9 @@ class ModelSection:
                                    "and calibrate the new tokens' output rows to training popularity before training"})
     head_content_scale: float = field(default=0.3, metadata={"help": "with popularity_start: weight of the "
                                       "title-based part of the new output rows at the start"})
+    cold_rows: bool = field(default=True, metadata={
+        "help": "one-token IDs (atomic): after training, items with no training interaction get LM-head rows "
+                "predicted from their text by a ridge map fitted on the trained items (cold_items.py)"})
     collaborative: CollaborativeSection = field(default_factory=CollaborativeSection, metadata={
         "help": "collaborative knowledge in the item tokens (start / fuse / distillation); see collaborative.py"})
 

@@ -585,6 +585,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     accelerator.wait_for_everyone()
 
     in_sync = _replicas_in_sync(accelerator, wrapper)
+    cold_info = None
+    if cfg.model.cold_rows and accelerator.is_main_process:
+        cold_info = _cold_rows(cfg, accelerator.unwrap_model(wrapper).model, tok, id_tokens, new_ids, data)
+        if cold_info is not None:
+            accelerator.print(f"untrained items' rows from their text: {cold_info}")
     val = _validate(accelerator, wrapper, renderer, trie, data, val_users, cfg, templates)
     if trackers:
         accelerator.log({f"valid/{k}": v for k, v in (val or {}).items()}, step=state["step"])
@@ -598,6 +603,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
             "tokens_per_s": round(state["tokens"] / max(state["elapsed_s"], 1e-9), 1),
             "final_loss": next((r["loss"] for r in reversed(state["log"]) if "loss" in r), None),
             "trainable_params": n_train, "total_params": n_total, "processes": world, "replicas_in_sync": in_sync,
+            "cold_rows": cold_info,
             "device": str(accelerator.device), "start": start_info,
             "collaborative": collab.info if collab is not None else None, "log": state["log"],
         }
@@ -610,6 +616,18 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
                           f"{train_info['tokens_per_s']} tokens/s)")
     accelerator.wait_for_everyone()
     return out
+
+
+def _cold_rows(cfg: RunConfig, peft_model, tok, id_tokens, new_ids, data: RecData) -> dict | None:
+    """Items without training interactions get LM-head rows predicted from their text (cold_items.py), when
+    every ID is one token of its own; ``None`` when the scheme has no per-item rows or none is untrained."""
+    from generative_rec.cold_items import cold_rows, single_token_items
+
+    tokens = single_token_items(id_tokens, new_ids)
+    trained = np.asarray(data.train_counts) > 0
+    if tokens is None or trained.all():
+        return None
+    return cold_rows(peft_model, tok, tokens, trained, data.texts, seed=cfg.train.seed)
 
 
 def _replicas_in_sync(accelerator, wrapper) -> bool:
