@@ -99,7 +99,12 @@ def test_parity_with_the_single_engine(ray_run, ray_input, batch_results, users)
     assert set(recs) == set(batch_results) | {"bad"}
     assert "no-such-item" in recs.pop("bad")["error"]  # --skip-invalid: an error record, as in the single path
     for uid, ref in batch_results.items():
-        assert recs[uid] == ref, uid  # same items, titles and scores (exactly), same history_used
+        got = recs[uid]
+        # same items, titles, order and history_used; scores equal up to float rounding (the engines batch
+        # users differently, and vLLM's CPU kernels are not batch-invariant in the last bits: 2e-6 was seen)
+        assert [(r["item_id"], r["title"]) for r in got["items"]] == [(r["item_id"], r["title"]) for r in ref["items"]], uid
+        assert [r["score"] for r in got["items"]] == pytest.approx([r["score"] for r in ref["items"]], abs=1e-4), uid
+        assert {k: v for k, v in got.items() if k != "items"} == {k: v for k, v in ref.items() if k != "items"}, uid
     _, sizes = ray_input
     names = sorted(p.name for p in out.iterdir())
     assert names == ["_manifest.jsonl", "_run.json"] + [f"{n}.jsonl" for n in sorted(sizes)]
