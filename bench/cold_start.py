@@ -108,37 +108,59 @@ def standard_reference(name: str, scheme: str, cold, users: np.ndarray, out: Pat
     return None if any(v is None for v in vals) else np.asarray(vals, dtype=np.float64)
 
 
-def prior_record(bundle_path: Path, data, users: np.ndarray, out: Path, valid_users: int = 300,
-                 seed: int = 0) -> tuple[dict, np.ndarray]:
-    """The LLM with a new-item prior (generative_rec/evaluation/new_item_prior.py): beta tuned on a seeded
-    sample of validation users, then the merged lists on the test users. Cached in ``out`` (.json + .npz)."""
+PRIOR_RULES = {"+prior": None, "+prior@5%": 0.05}  # record suffix -> max_known_loss of tune_beta
+
+
+def _two_lists_cached(bundle, model, data, split: str, users, k: int, cfg, path: Path):
+    """``two_lists`` for ``users`` on ``split``, cached in ``path`` (.npz)."""
+    from generative_rec.evaluation.new_item_prior import TwoLists, two_lists
+
+    if path.exists():
+        with np.load(path) as z:
+            return TwoLists(**{f: z[f] for f in ("items", "scores", "new_items", "new_scores", "targets")})
+    lists = two_lists(bundle, model, data, split, users, k, cfg, progress=False)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **{f: getattr(lists, f) for f in ("items", "scores", "new_items", "new_scores", "targets")})
+    os.replace(tmp, path)
+    return lists
+
+
+def prior_records(bundle_path: Path, data, users: np.ndarray, out: Path) -> dict[str, tuple]:
+    """The LLM with a new-item prior (generative_rec/evaluation/new_item_prior.py) under each rule of
+    ``PRIOR_RULES``: beta chosen on every validation user, then the merged lists on the test ``users``. Both
+    searches are cached in ``out`` (``valid.npz``, ``test.npz``); returns suffix -> (record, per-user NDCG@10)."""
     from generative_rec.bundle import Bundle, load_bundle_model
     from generative_rec.config import EvalSection
     from generative_rec.evaluation.metrics import KS, accuracy
-    from generative_rec.evaluation.new_item_prior import BETA_GRID, merge, tune_beta, two_lists
+    from generative_rec.evaluation.new_item_prior import BETA_GRID, merge, tune_beta
     from generative_rec.evaluation.slices import slice_masks, slice_means
-    from generative_rec.io import atomic_write_json, read_json
 
-    if out.with_suffix(".json").exists() and out.with_suffix(".npz").exists():
-        with np.load(out.with_suffix(".npz")) as z:
-            return read_json(out.with_suffix(".json")), z["NDCG@10"]
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     bundle = Bundle(bundle_path, catalogue_version=0)
     model = load_bundle_model(bundle)
     cfg = EvalSection(split="test", ks=list(KS), batch_size=16, mask_history=True, baselines=[])
     k = max(KS)
-    valid = data.sample_users(valid_users, seed)
-    beta, curve = tune_beta(two_lists(bundle, model, data, "valid", valid, k, cfg, progress=False), data.new_items, k)
-    test = two_lists(bundle, model, data, "test", users, k, cfg, progress=False)
-    acc = accuracy(merge(test, data.new_items, beta, k), test.targets, KS)
-    per_user = {m: np.asarray(v, dtype=np.float64) for m, v in acc.per_user.items()}
-    record = {"model": out.name, "kind": "llm", "metrics": dict(acc.means), "beta": beta,
-              "valid_curve_NDCG@10": curve, "valid_users": int(len(valid)), "beta_grid": list(BETA_GRID),
-              "slices": slice_means(per_user, slice_masks(data, users)), "seconds": round(time.time() - t0, 1),
-              "params": {"bundle": rel(bundle_path), "scheme": bundle.index.scheme}}
-    np.savez(out.with_suffix(".npz"), **per_user)
-    atomic_write_json(out.with_suffix(".json"), record)
-    return record, per_user["NDCG@10"]
+    valid_users = np.arange(data.num_users)
+    valid = _two_lists_cached(bundle, model, data, "valid", valid_users, k, cfg, out / "valid.npz")
+    test = _two_lists_cached(bundle, model, data, "test", users, k, cfg, out / "test.npz")
+    search_s = round(time.time() - t0, 1)
+    _, test_curve = tune_beta(test, data.new_items, k)  # reported only (the trade-off plot), never chosen on
+    results = {}
+    for suffix, max_known_loss in PRIOR_RULES.items():
+        beta, curve = tune_beta(valid, data.new_items, k, max_known_loss=max_known_loss)
+        acc = accuracy(merge(test, data.new_items, beta, k), test.targets, KS)
+        per_user = {m: np.asarray(v, dtype=np.float64) for m, v in acc.per_user.items()}
+        rule = ("best validation NDCG@10 over all users" if max_known_loss is None else
+                f"best validation NDCG@10 on new-item targets, known-item targets within {max_known_loss:.0%} of beta 0")
+        results[suffix] = ({
+            "model": f"{bundle_path.name}{suffix}", "kind": "llm", "metrics": dict(acc.means), "beta": beta,
+            "rule": rule, "max_known_loss": max_known_loss, "valid_users": int(len(valid_users)),
+            "valid_curve": {str(b): v for b, v in curve.items()}, "test_curve": {str(b): v for b, v in test_curve.items()},
+            "beta_grid": list(BETA_GRID), "slices": slice_means(per_user, slice_masks(data, users)),
+            "seconds": search_s, "params": {"bundle": rel(bundle_path), "scheme": bundle.index.scheme}},
+            per_user["NDCG@10"])
+    return results
 
 
 def run_dataset(name: str, schemes: list[str], standard_schemes: list[str], fraction: float, seed: int,
@@ -174,10 +196,10 @@ def run_dataset(name: str, schemes: list[str], standard_schemes: list[str], frac
             assert (z["users"] == users).all(), "every model must be evaluated on the same users"
             arrays[f"llm-{scheme}"] = z["llm/NDCG@10"]
         if scheme in prior_schemes:
-            name_p = f"llm-{scheme}+prior"
-            rec_p, arrays[name_p] = prior_record(bundle, data, users, out / name_p)
-            rec_p["new_only"] = records[f"llm-{scheme}"].get("new_only")  # the same new-items-only search
-            records[name_p] = rec_p
+            for suffix, (rec_p, arr) in prior_records(bundle, data, users, out / f"prior-{scheme}").items():
+                rec_p["new_only"] = records[f"llm-{scheme}"].get("new_only")  # the same new-items-only search
+                records[f"llm-{scheme}{suffix}"] = rec_p
+                arrays[f"llm-{scheme}{suffix}"] = arr
     masks = slice_masks(data, users)
     new, known = masks["new target"], masks["known target"]
 
@@ -197,7 +219,7 @@ def run_dataset(name: str, schemes: list[str], standard_schemes: list[str], frac
     known_check = {}
     for m in llms:
         row = {"users": int(known.sum()), "cold_protocol_NDCG@10": on(m, known)}
-        scheme = m.removeprefix("llm-").removesuffix("+prior")
+        scheme = m.removeprefix("llm-").split("+")[0]
         if scheme in standard_schemes:
             std = standard_reference(name, scheme, data, users, out)
             if std is not None:
@@ -241,6 +263,47 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_prior(results: dict, path: Path) -> bool:
+    """NDCG@10 on new-item vs known-item targets as beta varies (test users, for reading only; each rule's
+    beta was chosen on validation users), one panel per data set with a prior; False when none has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(res, {m: r for m, r in res["records"].items() if "test_curve" in r}) for res in results.values()]
+    panels = [(res, recs) for res, recs in panels if recs]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
+    for ax, (res, recs) in zip(axes[0], panels, strict=True):
+        drawn = set()
+        for m, r in recs.items():
+            base = m.split("+")[0]
+            curve = r["test_curve"]
+            betas = sorted(curve, key=float)
+            if base not in drawn:
+                ax.plot([curve[b]["known target"] for b in betas], [curve[b]["new target"] for b in betas],
+                        marker=".", label=f"{base}, beta 0..{float(betas[-1]):g}")
+                drawn.add(base)
+            c = curve[str(r["beta"])]
+            ax.scatter([c["known target"]], [c["new target"]], s=90, zorder=3,
+                       label=f"{m}: beta {r['beta']:g} (chosen on validation)")
+        per_model = res["comparison"]["per_model_NDCG@10"]
+        others = {m: v for m, v in per_model.items() if not m.startswith("llm-")}
+        best = max(others, key=others.get)
+        ax.axhline(others[best], color="grey", linestyle="--", label=f"best other model on new targets ({best})")
+        ax.set_xlabel("NDCG@10, known-item targets")
+        ax.set_ylabel("NDCG@10, new-item targets")
+        ax.set_title(f"{res['data_name']}: the new-item prior's trade-off (test users)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def render(results: dict, command: str) -> str:
     from generative_rec.benchmark.tables import slices_table
     from generative_rec.evaluation.run import git_commit, machine
@@ -273,6 +336,19 @@ def render(results: dict, command: str) -> str:
                 s += (f"; the standard-protocol LLM (`{k['standard_run']}`) on the same users "
                       f"{k['standard_protocol_NDCG@10']:.4f}: ratio {k['ratio']:.2f}")
             lines += [s + ".", ""]
+        priors = {m: r for m, r in res["records"].items() if "beta" in r}
+        if priors:
+            lines += ["**New-item prior** (`generative_rec/evaluation/new_item_prior.py`): the LLM's top-10 merged "
+                      "with its own top-10 among the new items, each new item's score raised by `beta` nats, "
+                      f"`beta` chosen on all {next(iter(priors.values()))['valid_users']} validation users:", ""]
+            lines += [f"- `{m}`: beta {r['beta']:g} ({r['rule']})." for m, r in priors.items()]
+            first = next(iter(priors.values()))
+            shown = [b for b in sorted(first["test_curve"], key=float) if float(b) in (0, 0.5, 1, 1.5, 2, 3, 4, 6, 8)]
+            lines += ["", "The trade-off on the test users (read only; no beta was chosen on them):", "",
+                      "| beta | all users | new-item targets | known-item targets |", "|---:|---:|---:|---:|"]
+            lines += [f"| {float(b):g} | {first['test_curve'][b]['all']:.4f} | {first['test_curve'][b]['new target']:.4f} "
+                      f"| {first['test_curve'][b]['known target']:.4f} |" for b in shown]
+            lines += ["", "![the prior's trade-off](cold_start_prior.png)", ""]
         lines += ["Seconds per model (fit / eval, new-only ranking): " + "; ".join(
             f"{m} {r.get('fit_s') or 0:.0f} / {r.get('eval_s') or 0:.0f}, {r.get('new_only', {}).get('seconds', 0):.0f}"
             for m, r in res["records"].items()) + ".", ""]
@@ -317,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     dest = Path(a.dest)
     command = " ".join(["python bench/cold_start.py", *(sys.argv[1:] if argv is None else argv)])
     plot(results, dest / "cold_start.png")
+    plot_prior(results, dest / "cold_start_prior.png")
     atomic_write_json(dest / "cold_start.json", {"command": command, "datasets": results})
     atomic_write_text(dest / "cold_start.md", render(results, command))
     print((dest / "cold_start.md").read_text())

@@ -171,8 +171,24 @@ def test_new_item_prior_merges_both_lists_and_is_tuned_on_validation(tiny_bundle
     assert merge(lists, is_new, 8.5, 4).tolist() == [[2, 0, 3, 1]]  # -9 + 8.5 = -0.5 > -1 ; -1.5 > -2
     assert merge(lists, is_new, 20.0, 5).tolist() == [[2, 3, 0, 1, 4]]
     beta, curve = tune_beta(lists, is_new, 10, grid=(0.0, 8.5, 20.0))
-    assert curve[20.0] == max(curve.values()) and beta == 20.0
-    assert curve[0.0] == pytest.approx(1 / np.log2(6))  # beta 0: the target (new list) comes 5th, after 0 1 4 2
+    assert curve[20.0]["all"] == max(c["all"] for c in curve.values()) and beta == 20.0
+    assert curve[0.0]["all"] == pytest.approx(1 / np.log2(6))  # beta 0: the target (new list) comes 5th
+    assert curve[0.0]["known target"] == 0.0  # no user has a known target here
+
+    # two users, one known target (0) and one new (3): the rules trade one against the other
+    two_users = TwoLists(items=np.array([[0, 1, 4, 2]] * 2), scores=np.array([[-1.0, -2.0, -3.0, -9.0]] * 2),
+                         new_items=np.array([[2, 3]] * 2), new_scores=np.array([[-9.0, -10.0]] * 2),
+                         targets=np.array([0, 3]))
+    grid = (0.0, 8.5, 20.0)  # merged: [0 1 4 2], [2 0 3 1], [2 3 0 1]
+    beta, curve = tune_beta(two_users, is_new, 4, metric="NDCG@4", grid=grid)
+    assert beta == 8.5 and curve[8.5]["all"] == curve[20.0]["all"]  # a tie on all users: the smaller beta
+    assert curve[8.5]["known target"] == pytest.approx(1 / np.log2(3))
+    assert curve[8.5]["new target"] == pytest.approx(0.5) and curve[0.0]["new target"] == 0.0
+    assert tune_beta(two_users, is_new, 4, metric="NDCG@4", grid=grid, max_known_loss=0.05)[0] == 0.0  # every beta > 0 costs 37 %
+    assert tune_beta(two_users, is_new, 4, metric="NDCG@4", grid=grid, max_known_loss=0.4)[0] == 8.5  # 20 would cost 50 %
+    assert tune_beta(two_users, is_new, 4, metric="NDCG@4", grid=grid, max_known_loss=0.6)[0] == 20.0
+    with pytest.raises(ValueError, match="max_known_loss"):
+        tune_beta(two_users, is_new, 4, metric="NDCG@4", grid=grid, max_known_loss=1.0)
 
     cold = _prepare(write_synthetic(tmp_path / "raw"), tmp_path / "cold", new_items=0.2)
     bundle = Bundle(tiny_bundle)
