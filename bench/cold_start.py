@@ -295,7 +295,7 @@ def plot_prior(results: dict, path: Path) -> bool:
         ax.axhline(others[best], color="grey", linestyle="--", label=f"best other model on new targets ({best})")
         ax.set_xlabel("NDCG@10, known-item targets")
         ax.set_ylabel("NDCG@10, new-item targets")
-        ax.set_title(f"{res['data_name']}: the new-item prior's trade-off (test users)")
+        ax.set_title(f"{res['data_name']}: new-item prior, test users")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
