@@ -304,9 +304,9 @@ def plot_prior(results: dict, path: Path) -> bool:
     return True
 
 
-def render(results: dict, command: str) -> str:
+def render(results: dict, command: str, commit: str) -> str:
     from generative_rec.benchmark.tables import slices_table
-    from generative_rec.evaluation.run import git_commit, machine
+    from generative_rec.evaluation.run import machine
 
     lines = ["# Cold start: new items and short histories", "",
              "Protocol (`genrec prepare --new-items 0.1`, docs/evaluation.md): a seeded 10 % of the catalogue "
@@ -363,7 +363,7 @@ def render(results: dict, command: str) -> str:
               "through codes the model was trained to produce.",
               "- `title` (IDs are the titles) can express any item, but decoding ~12 tokens per ID is too slow for "
               "this CPU benchmark unless `--schemes` asks for it.", "",
-              f"Machine: {machine()}; commit {git_commit()}.", "", f"Command: `{command}`", ""]
+              f"Machine: {machine()}; commit {commit}.", "", f"Command: `{command}`", ""]
     return "\n".join(lines)
 
 
@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     global TRAIN
     TRAIN = a.train
+    from generative_rec.evaluation.run import git_commit
+
+    commit = git_commit()  # before any result file is rewritten
     logging.basicConfig(level=logging.WARNING)
     results = {ds: run_dataset(ds, a.schemes, a.standard_schemes, a.new_items, a.seed, Path(a.work), a.prior)
                for ds in a.datasets}
@@ -395,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     plot(results, dest / "cold_start.png")
     plot_prior(results, dest / "cold_start_prior.png")
     atomic_write_json(dest / "cold_start.json", {"command": command, "datasets": results})
-    atomic_write_text(dest / "cold_start.md", render(results, command))
+    atomic_write_text(dest / "cold_start.md", render(results, command, commit))
     print((dest / "cold_start.md").read_text())
 
 
