@@ -195,7 +195,7 @@ def main() -> None:
     state.update(machine=machine(), commit=git_commit(),
                  command=" ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
     state.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    state.setdefault("cpu_free_at_start", (REPO / "runs/cold-start/CPU_FREE").exists())
+    state.setdefault("load_at_start", [round(x, 2) for x in os.getloadavg()])
 
     def save():
         sp.write_text(json.dumps(state, indent=1, default=str) + "\n")
@@ -233,9 +233,9 @@ def loads(rows: list[dict]) -> str:
 def render(s: dict) -> str:
     lines = ["# Block-aligned prompts (`prompts.align: 32`): batch generation vs HF, and the quality cost", "",
              f"- Command: `{s.get('command')}` (started {s.get('started')} UTC)",
-             f"- Machine: {s.get('machine')}; `runs/cold-start/CPU_FREE` present at start: "
-             f"{s.get('cpu_free_at_start')} (when False, another engineer's training shared the 2 cores: "
-             "per-phase 1-minute load averages below; compare ratios and medians, not absolute numbers)",
+             f"- Machine: {s.get('machine')}; load averages (1/5/15 min) at start: {s.get('load_at_start')}; "
+             "per-phase 1-minute load averages below (the bench itself keeps ~2 on 2 cores): compare ratios and "
+             "medians, not absolute numbers",
              f"- Commit: {s.get('commit')}", ""]
     trains = {k: v for k, v in s.items() if k.startswith("train/")}
     if trains:
