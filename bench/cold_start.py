@@ -112,16 +112,21 @@ PRIOR_RULES = {"+prior": None, "+prior@5%": 0.05}  # record suffix -> max_known_
 
 
 def _two_lists_cached(bundle, model, data, split: str, users, k: int, cfg, path: Path):
-    """``two_lists`` for ``users`` on ``split``, cached in ``path`` (.npz)."""
-    from generative_rec.evaluation.new_item_prior import TwoLists, two_lists
+    """``two_lists`` for ``users`` on ``split``, cached in ``path`` (.npz, written atomically)."""
+    import dataclasses
+    import io
 
+    from generative_rec.evaluation.new_item_prior import TwoLists, two_lists
+    from generative_rec.io import atomic_write_bytes
+
+    names = [f.name for f in dataclasses.fields(TwoLists)]
     if path.exists():
         with np.load(path) as z:
-            return TwoLists(**{f: z[f] for f in ("items", "scores", "new_items", "new_scores", "targets")})
+            return TwoLists(**{f: z[f] for f in names})
     lists = two_lists(bundle, model, data, split, users, k, cfg, progress=False)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **{f: getattr(lists, f) for f in ("items", "scores", "new_items", "new_scores", "targets")})
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, **{f: getattr(lists, f) for f in names})
+    atomic_write_bytes(path, buf.getvalue())
     return lists
 
 
@@ -216,12 +221,14 @@ def run_dataset(name: str, schemes: list[str], standard_schemes: list[str], frac
                   "ratio": on(best_llm, new) / on(best_other, new) if on(best_other, new) > 0 else math.inf,
                   "paired": _paired(arrays[best_llm][new], arrays[best_other][new]),
                   "per_model_NDCG@10": {m: on(m, new) for m in records}}
-    known_check = {}
+    known_check, standard = {}, {}
     for m in llms:
         row = {"users": int(known.sum()), "cold_protocol_NDCG@10": on(m, known)}
         scheme = m.removeprefix("llm-").split("+")[0]
         if scheme in standard_schemes:
-            std = standard_reference(name, scheme, data, users, out)
+            if scheme not in standard:  # one reference per scheme, shared by its +prior records
+                standard[scheme] = standard_reference(name, scheme, data, users, out)
+            std = standard[scheme]
             if std is not None:
                 row["standard_protocol_NDCG@10"] = float(std[known].mean())
                 row["ratio"] = row["cold_protocol_NDCG@10"] / row["standard_protocol_NDCG@10"]
