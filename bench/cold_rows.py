@@ -41,9 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cold_start import PRIOR_RULES, rel  # noqa: E402
+from cold_start import PRIOR_RULES, prepare_cold, rel, train_bundle  # noqa: E402
 
-DATA = {"ml-100k": "ml-100k", "amazon": "amazon-mi"}  # --datasets name -> folder under <work> and data/<folder>-cold
+DATA = {"ml-100k": "ml-100k", "amazon": "amazon-mi"}  # --datasets name -> folder under <work>
+# Bundles compared (folder under <work>/<data>) -> extra `--set` overrides of the CPU tier's run config.
+# llm-atomic is bench/cold_start.py's; llm-atomic-textrows ties item rows to text during training (text_rows.py).
+BUNDLES = {"llm-atomic": (), "llm-atomic-textrows": ("model.text_rows=0.1",)}
 NEIGHBOURS = [(k, t) for k in (5, 20, 100) for t in (0.1, 1.0)]
 OFF = -1e9  # beta that switches new items off: the reference for the known-item loss
 BETAS = [OFF, *np.round(np.arange(-6.0, 8.001, 0.25), 2)]
@@ -163,7 +166,16 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -
     return float(d.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
 
 
-def run_dataset(name: str, work: Path) -> dict:
+def run_dataset(name: str, work: Path, bundles: list[str], fraction: float, seed: int) -> dict:
+    data_path = prepare_cold(name, fraction, seed)
+    out = {}
+    for b in bundles:
+        path = train_bundle(data_path, "atomic", work / DATA[name] / b, BUNDLES[b])
+        out[b] = run_bundle(name, work, path, data_path)
+    return out
+
+
+def run_bundle(name: str, work: Path, bundle_path: Path, data_path: Path) -> dict:
     from generative_rec.bundle import Bundle
     from generative_rec.cold_items import fit_ridge
     from generative_rec.data import RecData
@@ -171,24 +183,23 @@ def run_dataset(name: str, work: Path) -> dict:
     from generative_rec.modeling import resolve_model
 
     folder = DATA[name]
-    bundle_path = work / folder / "llm-atomic"
-    if not (bundle_path / "bundle.json").exists():
-        raise SystemExit(f"{bundle_path} is missing: run `python bench/cold_start.py --datasets {name} --schemes atomic` first")
     bundle = Bundle(bundle_path, catalogue_version=0)
-    data = RecData(bundle.manifest["data"]["path"]) if Path(bundle.manifest["data"]["path"]).exists() else \
-        RecData(ROOT / "data" / f"{folder}-cold")
-    per_user = np.load(work / folder / "baselines" / "per_user.npz")
+    data = RecData(data_path)
+    baselines = work / folder / "baselines" / "per_user.npz"
+    if not baselines.exists():
+        raise SystemExit(f"{baselines} is missing: run `python bench/cold_start.py --datasets {name} --schemes atomic` first")
+    per_user = np.load(baselines)
     if not np.array_equal(per_user["users"], np.arange(data.num_users)):
         raise SystemExit("the baselines' per-user file does not cover every test user in order")
     t0 = time.time()
-    st = load_states(bundle, data, work / folder / "cold-rows" / "states.npz")
+    st = load_states(bundle, data, work / folder / "cold-rows" / f"{bundle_path.name}-states.npz")
     state_s = round(time.time() - t0, 1)
     new = data.new_items
     known = ~new
     feats = embed_texts(data.texts, encoder="llm", model_path=resolve_model(bundle.manifest["base_model"]))
     trained_rows = st["rows"].astype(np.float64)
 
-    predictors: dict[str, tuple[np.ndarray, dict]] = {}
+    predictors: dict[str, tuple[np.ndarray, dict]] = {"as trained": (trained_rows, {})}
     w, xm, ym, info = fit_ridge(feats[known], trained_rows[known])
     r = trained_rows.copy()
     r[new] = (feats[new] - xm) @ w + ym
@@ -221,10 +232,10 @@ def run_dataset(name: str, work: Path) -> dict:
                            "valid_new_NDCG@10": round(float(cv[b]["full"][nv].mean()), 4),
                            "vs_content_knn_new": {"mean_diff": round(diff[0], 4), "ci95": [round(diff[1], 4), round(diff[2], 4)]}}
         rows_out[label] = rec
-        print(f"{name} {label}: " + ", ".join(f"{s} beta {rec[s]['beta']:g} new {rec[s]['new_NDCG@10']} known "
+        print(f"{name} {bundle_path.name} {label}: " + ", ".join(f"{s} beta {rec[s]['beta']:g} new {rec[s]['new_NDCG@10']} known "
                                               f"{rec[s]['known_NDCG@10']}" for s in PRIOR_RULES), flush=True)
     off = evaluate(st["test"], trained_rows, new, data, ht, yt, [OFF])[OFF]["full"]
-    return {"data_name": data.name, "bundle": rel(bundle_path), "test_users": int(data.num_users),
+    return {"data_name": data.name, "bundle": rel(bundle_path), "text_rows": bundle.metrics.get("train", {}).get("text_rows"), "test_users": int(data.num_users),
             "new_target_test_users": int(nt.sum()), "new_target_valid_users": int(nv.sum()),
             "content_knn": {"new_NDCG@10": round(float(ck[nt].mean()), 4), "known_NDCG@10": round(float(ck[~nt].mean()), 4)},
             "llm_new_items_off": {"known_NDCG@10": round(float(off[~nt].mean()), 4)},
@@ -232,28 +243,33 @@ def run_dataset(name: str, work: Path) -> dict:
 
 
 def render(results: dict, command: str, commit: str, machine: str) -> str:
-    lines = ["# Text -> row predictors for new items (atomic IDs, cold-start protocol)", "",
-             f"`{command}` — {machine}; commit {commit}. Module docstring of `bench/cold_rows.py`: same bundle, same "
-             "trained rows for known items, only the new items' rows change; beta chosen on validation users by each rule "
-             "of `bench/cold_start.py`; test users only read. NDCG@10 over the full catalogue; `known` = users whose "
-             "target is a known item; the interval is a paired bootstrap (95 %) of LLM minus content kNN on new-target users.", ""]
-    for res in results.values():
-        ck = res["content_knn"]
-        lines += [f"## {res['data_name']}", "",
-                  f"{res['new_target_test_users']} of {res['test_users']} test users have a new target "
-                  f"({res['new_target_valid_users']} in validation). Content kNN: new {ck['new_NDCG@10']:.4f}, known "
-                  f"{ck['known_NDCG@10']:.4f}. The LLM with new items switched off: known "
-                  f"{res['llm_new_items_off']['known_NDCG@10']:.4f}.", "",
-                  "| predictor | among new | rule | beta | new | known | LLM − content kNN on new (95 % CI) |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, rec in res["predictors"].items():
-            for suffix in PRIOR_RULES:
-                r = rec[suffix]
-                d = r["vs_content_knn_new"]
-                lines.append(f"| {label} | {rec['test_among_new_NDCG@10']:.4f} | {suffix} | {r['beta']:g} | "
-                             f"{r['new_NDCG@10']:.4f} | {r['known_NDCG@10']:.4f} | {d['mean_diff']:+.4f} "
-                             f"({d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f}) |")
-        lines.append("")
+    lines = ["# New items in the atomic-ID LLM: text -> row predictors and text-tied rows (cold-start protocol)", "",
+             f"`{command}` — {machine}; commit {commit}. See the module docstring of `bench/cold_rows.py`. Per bundle, "
+             "`as trained` ranks with the bundle's own rows; every other predictor keeps the trained rows of known items "
+             "and replaces only the new items' rows. Beta is chosen on validation users by each rule of "
+             "`bench/cold_start.py`; test users are only read. NDCG@10 over the full catalogue; `known` = users whose "
+             "target is a known item; the interval is a paired bootstrap (95 %) of LLM minus content kNN on new-target "
+             "users.", ""]
+    for bundles in results.values():
+        first = next(iter(bundles.values()))
+        ck = first["content_knn"]
+        lines += [f"## {first['data_name']}", "",
+                  f"{first['new_target_test_users']} of {first['test_users']} test users have a new target "
+                  f"({first['new_target_valid_users']} in validation). Content kNN: new {ck['new_NDCG@10']:.4f}, known "
+                  f"{ck['known_NDCG@10']:.4f}.", ""]
+        for name, res in bundles.items():
+            lines += [f"### `{name}`", "", f"Bundle `{res['bundle']}`; text rows: {res['text_rows']}. With new items "
+                      f"switched off its known-target NDCG@10 is {res['llm_new_items_off']['known_NDCG@10']:.4f}.", "",
+                      "| predictor | among new | rule | beta | new | known | LLM − content kNN on new (95 % CI) |",
+                      "|---|---|---|---|---|---|---|"]
+            for label, rec in res["predictors"].items():
+                for suffix in PRIOR_RULES:
+                    r = rec[suffix]
+                    d = r["vs_content_knn_new"]
+                    lines.append(f"| {label} | {rec['test_among_new_NDCG@10']:.4f} | {suffix} | {r['beta']:g} | "
+                                 f"{r['new_NDCG@10']:.4f} | {r['known_NDCG@10']:.4f} | {d['mean_diff']:+.4f} "
+                                 f"({d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f}) |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -263,11 +279,15 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["ml-100k", "amazon"], choices=sorted(DATA))
+    p.add_argument("--bundles", nargs="+", default=list(BUNDLES), choices=list(BUNDLES),
+                   help="bundles to compare (trained with the CPU tier's config when missing)")
+    p.add_argument("--new-items", dest="new_items", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(ROOT / "runs" / "cold-start"))
     p.add_argument("--dest", default=str(ROOT / "bench" / "results"))
     a = p.parse_args(argv)
-    commit = git_commit()
-    results = {ds: run_dataset(ds, Path(a.work)) for ds in a.datasets}
+    commit = git_commit()  # before any result file is rewritten
+    results = {ds: run_dataset(ds, Path(a.work), a.bundles, a.new_items, a.seed) for ds in a.datasets}
     command = " ".join(["python bench/cold_rows.py", *(sys.argv[1:] if argv is None else argv)])
     dest = Path(a.dest)
     atomic_write_json(dest / "cold_rows.json", {"command": command, "commit": commit, "machine": machine(),

@@ -72,8 +72,9 @@ def prepare_cold(name: str, fraction: float, seed: int) -> Path:
 TRAIN = True  # --no-train: a missing bundle is skipped (and reported) instead of trained
 
 
-def train_bundle(data: Path, scheme: str, out: Path) -> Path | None:
-    """The CPU tier's LLM on ``data`` with ``scheme`` IDs (``genrec train``; reused when it exists)."""
+def train_bundle(data: Path, scheme: str, out: Path, sets: tuple[str, ...] = ()) -> Path | None:
+    """The CPU tier's LLM on ``data`` with ``scheme`` IDs (``genrec train``; reused when it exists); ``sets``:
+    more ``--set key=value`` overrides."""
     if (out / "bundle.json").exists():
         return out
     if not TRAIN:
@@ -83,6 +84,8 @@ def train_bundle(data: Path, scheme: str, out: Path) -> Path | None:
            "--set", f"data.path={data}", "--set", f"index.scheme={scheme}", "--set", f"output={out}"]
     if scheme != "atomic":
         cmd += ["--set", "model.collaborative.source=null", "--set", "model.collaborative.distill=0"]
+    for kv in sets:
+        cmd += ["--set", kv]
     print("  " + " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     return out

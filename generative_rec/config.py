@@ -39,6 +39,11 @@ class ModelSection:
     cold_rows: bool = field(default=True, metadata={
         "help": "one-token IDs (atomic): after training, items with no training interaction get LM-head rows "
                 "predicted from their text by a ridge map fitted on the trained items (cold_items.py)"})
+    text_rows: float = field(default=0.0, metadata={
+        "help": "one-token IDs (atomic): tie each item's LM-head row to its text (row + a trained projection of "
+                "the item's text vector) and drop this share of trained items' own rows at every step, so "
+                "items never seen in training are scored from their text (text_rows.py; replaces cold_rows). "
+                "0: off"})
     collaborative: CollaborativeSection = field(default_factory=CollaborativeSection, metadata={
         "help": "collaborative knowledge in the item tokens (start / fuse / distillation); see collaborative.py"})
 

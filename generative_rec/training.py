@@ -51,6 +51,7 @@ from generative_rec.modeling import (
 from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
 from generative_rec.tasks import TASKS, TaskContext, build_task
 from generative_rec.tasks.next_item import windows  # noqa: F401  (re-exported for callers and tests)
+from generative_rec.text_rows import TextRows, text_vectors
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,11 @@ class TargetOnlyLM(nn.Module):
     """
 
     def __init__(self, model, id_vocab: list[int] | None = None, item_tokens: list[int] | None = None,
-                 teacher=None, distill: float = 0.0, temperature: float = 1.0, fuser=None):
+                 teacher=None, distill: float = 0.0, temperature: float = 1.0, fuser=None, text_rows=None):
         super().__init__()
         self.model = model
         self.fuser = fuser  # CollaborativeFuser (fuse mode): trained with the model, hooks already attached
+        self.text_rows = text_rows  # TextRows (model.text_rows): trained with the model, hook already attached
         self.teacher, self.distill, self.temperature = teacher, float(distill), float(temperature)
         vocab = self._vocab_size()
         for name in ("id_vocab", "vocab_pos", "item_tokens", "item_of_token"):
@@ -100,7 +102,17 @@ class TargetOnlyLM(nn.Module):
 
     def _rows(self, head, ids: torch.Tensor) -> torch.Tensor:
         rows = head_rows(head, ids)
-        return rows if self.fuser is None else rows + self.fuser.output_rows(ids).to(rows.dtype)
+        if self.fuser is not None:
+            rows = rows + self.fuser.output_rows(ids).to(rows.dtype)
+        if self.text_rows is not None:
+            rows = self.text_rows.rows(rows, ids, self.training)
+        return rows
+
+    def _hide_untrained(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """With text rows, items without training interactions are not in the training softmax."""
+        if self.text_rows is None:
+            return logits
+        return logits.masked_fill(self.text_rows.untrained_tokens(ids), -1e4)
 
     def _parts(self):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -121,7 +133,8 @@ class TargetOnlyLM(nn.Module):
             loss = h.new_zeros((), dtype=torch.float32)
             if bool(ids.any()):
                 w = self._rows(head, self.id_vocab)
-                loss = loss + F.cross_entropy((h[ids] @ w.T).float(), pos[ids], reduction="sum")
+                logits = self._hide_untrained((h[ids] @ w.T).float(), self.id_vocab)
+                loss = loss + F.cross_entropy(logits, pos[ids], reduction="sum")
             if not bool(ids.all()):
                 loss = loss + F.cross_entropy(head(h[~ids]).float(), y[~ids], reduction="sum")
         loss = loss / n.clamp_min(1)
@@ -143,7 +156,8 @@ class TargetOnlyLM(nn.Module):
         shown = [items[r][items[r] >= 0].cpu().numpy() for r in range(items.shape[0])]
         contexts = [shown[r][: int(count[r, c])] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
         t_logits = self.teacher.next_item_logits(contexts).to(h.device).float()
-        s_logits = (h[keep] @ self._rows(head, self.item_tokens).T).float()
+        s_logits = self._hide_untrained((h[keep] @ self._rows(head, self.item_tokens).T).float(), self.item_tokens)
+        t_logits = self._hide_untrained(t_logits, self.item_tokens)
         temp = self.temperature
         kl = F.kl_div(F.log_softmax(s_logits / temp, -1), F.log_softmax(t_logits / temp, -1), log_target=True,
                       reduction="batchmean")
@@ -347,7 +361,8 @@ def single_token_items(id_tokens: list[list[int]]) -> list[int] | None:
     return None
 
 
-def make_loss(cfg: RunConfig, model, id_tokens: list[list[int]], collab=None, fuser=None) -> TargetOnlyLM:
+def make_loss(cfg: RunConfig, model, id_tokens: list[list[int]], collab=None, fuser=None,
+              text_rows=None) -> TargetOnlyLM:
     """The training objective of ``cfg``: target-only CE (over the ID vocabulary for ID targets when
     ``train.loss_vocab: ids``) plus, when configured, distillation from the collaborative source."""
     c = cfg.model.collaborative
@@ -358,7 +373,7 @@ def make_loss(cfg: RunConfig, model, id_tokens: list[list[int]], collab=None, fu
         raise ConfigError(f"train.loss_vocab must be 'full' or 'ids', not {cfg.train.loss_vocab!r}")
     vocab = sorted({t for seq in id_tokens for t in seq}) if cfg.train.loss_vocab == "ids" else None
     return TargetOnlyLM(model, id_vocab=vocab, item_tokens=items, teacher=collab if c.distill else None,
-                        distill=c.distill, temperature=c.temperature, fuser=fuser)
+                        distill=c.distill, temperature=c.temperature, fuser=fuser, text_rows=text_rows)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -475,6 +490,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
                                       first_token_popularity(id_tokens, data.train_counts, set(new_ids)),
                                       content_scale=cfg.model.head_content_scale)
         accelerator.print(f"popularity start: {start_info['popularity']}")
+    text_input = _text_features(cfg, model, tok, id_tokens, new_ids, data)
     torch.manual_seed(cfg.train.seed)
     model = apply_lora(model, cfg.lora, new_ids, untied=not _tied(model))
     n_train, n_total = count_parameters(model)
@@ -487,7 +503,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         fuser = CollaborativeFuser(new_ids, token_vectors(index.new_tokens, index.token_items, collab.item_embeddings),
                                    len(tok), model.get_base_model().config.hidden_size)
         fuser.attach(model)
-    wrapper = make_loss(cfg, model, id_tokens, collab, fuser)
+    text_rows = None
+    if text_input is not None:
+        text_rows = TextRows(text_input[0], text_vectors(text_input[1]),
+                             np.asarray(data.train_counts) > 0, len(tok), model.get_base_model().config.hidden_size,
+                             cfg.model.text_rows)
+        text_rows.attach(model)
+    wrapper = make_loss(cfg, model, id_tokens, collab, fuser, text_rows)
     optimizer = torch.optim.AdamW(param_groups(wrapper, cfg.train), lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * total),
@@ -585,8 +607,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     accelerator.wait_for_everyone()
 
     in_sync = _replicas_in_sync(accelerator, wrapper)
-    cold_info = None
-    if cfg.model.cold_rows and accelerator.is_main_process:
+    cold_info = text_info = None
+    if text_rows is not None:  # every process: the replicas stay equal
+        text_info = accelerator.unwrap_model(wrapper).text_rows.fold(accelerator.unwrap_model(wrapper).model)
+        accelerator.print(f"item rows tied to their text: {text_info}")
+    elif cfg.model.cold_rows and accelerator.is_main_process:
         cold_info = _cold_rows(cfg, accelerator.unwrap_model(wrapper).model, tok, id_tokens, new_ids, data)
         if cold_info is not None:
             accelerator.print(f"untrained items' rows from their text: {cold_info}")
@@ -603,7 +628,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
             "tokens_per_s": round(state["tokens"] / max(state["elapsed_s"], 1e-9), 1),
             "final_loss": next((r["loss"] for r in reversed(state["log"]) if "loss" in r), None),
             "trainable_params": n_train, "total_params": n_total, "processes": world, "replicas_in_sync": in_sync,
-            "cold_rows": cold_info,
+            "cold_rows": cold_info, "text_rows": text_info,
             "device": str(accelerator.device), "start": start_info,
             "collaborative": collab.info if collab is not None else None, "log": state["log"],
         }
@@ -628,6 +653,20 @@ def _cold_rows(cfg: RunConfig, peft_model, tok, id_tokens, new_ids, data: RecDat
     if tokens is None or trained.all():
         return None
     return cold_rows(peft_model, tok, tokens, trained, data.texts, seed=cfg.train.seed)
+
+
+def _text_features(cfg: RunConfig, model, tok, id_tokens, new_ids, data: RecData):
+    """``(item tokens, item text features)`` for ``model.text_rows`` (features: the model's mean-pooled hidden
+    states over each item text, before LoRA), or None when it is off. Needs one new token per item."""
+    from generative_rec.cold_items import single_token_items as own_item_tokens
+    from generative_rec.embeddings import item_text_embeddings
+
+    if not cfg.model.text_rows:
+        return None
+    tokens = own_item_tokens(id_tokens, new_ids)
+    if tokens is None:
+        raise ConfigError("model.text_rows needs one new token of its own per item (index.scheme: atomic)")
+    return tokens.tolist(), item_text_embeddings(model, tok, data.texts, progress=False)
 
 
 def _replicas_in_sync(accelerator, wrapper) -> bool:
