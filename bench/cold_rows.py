@@ -1,6 +1,6 @@
 """Which text -> row predictor gives new items the best chance? -> bench/results/cold_rows.{md,json}
 
-    python bench/cold_start.py --datasets ml-100k amazon --schemes atomic   # trains the bundles it reads
+    python bench/cold_start.py --datasets ml-100k amazon --schemes atomic   # data, baselines, llm-atomic
     python bench/cold_rows.py                                               # ML-100K and Amazon
 
 With one token per item (``atomic`` IDs), an item that training never saw is ranked by the LM-head row that
@@ -19,6 +19,10 @@ Predictors of a new item's row:
   popularity). ``neighbours*`` is the (K, t) with the best held-out cosine between predicted and trained
   rows on a seeded tenth of the known items (the same kind of rule that chooses ridge's penalty); the others
   are shown for the spread.
+
+Bundles (``--bundles``; trained with the CPU tier's run config when missing): ``llm-atomic`` (bench/cold_start.py's)
+and ``llm-atomic-textrows``, the same with ``model.text_rows: 0.1`` (generative_rec/text_rows.py: rows tied to the
+item text during training, with free-row dropout); ``as trained`` ranks with each bundle's own rows.
 
 Scoring is exact and fast: for one-token IDs the constrained top-K is the top-K of the item tokens' logits,
 so each user's final hidden state (one forward pass, cached in ``<work>/<data>/cold-rows/states.npz``) times
