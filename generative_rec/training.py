@@ -663,6 +663,9 @@ def _text_features(cfg: RunConfig, model, tok, id_tokens, new_ids, data: RecData
 
     if not cfg.model.text_rows:
         return None
+    if not 0.0 < cfg.model.text_rows < 1.0:
+        raise ConfigError(f"model.text_rows is the share of item rows dropped per step: it must be in [0, 1), "
+                          f"not {cfg.model.text_rows}")
     tokens = own_item_tokens(id_tokens, new_ids)
     if tokens is None:
         raise ConfigError("model.text_rows needs one new token of its own per item (index.scheme: atomic)")
