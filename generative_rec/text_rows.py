@@ -98,16 +98,15 @@ class TextRows(torch.nn.Module):
     def fold(self, model) -> dict:
         """Write the rows into the model (peft trainable-token rows, or the plain weight) and remove the hook:
         trained items ``r_i + P t_i``, untrained ones ``m + P t_i``. Returns a summary."""
-        from generative_rec.training import head_rows
-
         self.detach()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         head = base.get_output_embeddings()
-        free = head_rows(head, self.token_ids).float()
+        adapter = getattr(head, "token_adapter", None)
+        weight = head.weight if adapter is None else adapter.get_merged_weights(adapter.active_adapters)
+        free = weight[self.token_ids].float()
         text = self.text_part()
         mean = free[self.trained].mean(0)
         new = torch.where(self.trained[:, None], free + text, mean + text)
-        adapter = getattr(head, "token_adapter", None)
         if adapter is None:
             head.weight[self.token_ids] = new.to(head.weight.dtype)
         else:
