@@ -57,16 +57,17 @@ BETAS = [OFF, *np.round(np.arange(-6.0, 8.001, 0.25), 2)]
 K = 10
 
 
-def user_states(bundle, data, split: str, batch_size: int = 32) -> np.ndarray:
+def user_states(bundle, data, split: str, batch_size: int = 32, model=None) -> tuple[np.ndarray, np.ndarray]:
     """``[num_users, hidden]``: the input of the LM head at the last prompt position for every user's
-    ``split`` history (the state that scores every item token), from the bundle's merged model."""
+    ``split`` history (the state that scores every item token), from the bundle's merged model (``model``:
+    already loaded), and the LM head's weight."""
     import torch
     from tqdm.auto import tqdm
 
     from generative_rec.bundle import load_bundle_model
     from generative_rec.decoding.hf import left_pad
 
-    model = load_bundle_model(bundle)
+    model = model if model is not None else load_bundle_model(bundle)
     tpl, mh = bundle.template(None), bundle.manifest.get("max_history")
     prompts = [bundle.renderer.prompt_ids(tpl, data.history(u, split)[-mh:] if mh else data.history(u, split))
                for u in range(data.num_users)]
@@ -93,8 +94,11 @@ def load_states(bundle, data, path: Path) -> dict[str, np.ndarray]:
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    hv, head = user_states(bundle, data, "valid")
-    ht, _ = user_states(bundle, data, "test")
+    from generative_rec.bundle import load_bundle_model
+
+    model = load_bundle_model(bundle)
+    hv, head = user_states(bundle, data, "valid", model=model)
+    ht, _ = user_states(bundle, data, "test", model=model)
     tokens = np.asarray([bundle.trie.sequence(i)[0] for i in range(bundle.num_items)])
     res = {"valid": hv, "test": ht, "rows": head[tokens]}
     buf = io.BytesIO()
@@ -128,27 +132,28 @@ def held_out_cosine(feats, rows, known: np.ndarray, k: int, t: float, seed: int 
     return float(cos.mean())
 
 
-def ranks(states: np.ndarray, rows: np.ndarray, new: np.ndarray, beta: float, hists, targets: np.ndarray):
-    """Per user: the 0-based rank of the target over the full catalogue (history masked) and among new items."""
+def scores(states: np.ndarray, rows: np.ndarray, hists) -> np.ndarray:
+    """``[users, items]`` item-token logits, every user's history masked (``-inf``)."""
     lg = states.astype(np.float64) @ rows.T.astype(np.float64)
-    lg[:, new] += beta
     for u, h in enumerate(hists):
         lg[u, h] = -np.inf
-    tgt = lg[np.arange(len(targets)), targets][:, None]
-    full = (lg > tgt).sum(1)
-    among = (np.where(new[None, :], lg, -np.inf) > tgt).sum(1)
-    return full, among
+    return lg
 
 
-def ndcg(rank: np.ndarray) -> np.ndarray:
-    return np.where(rank < K, 1.0 / np.log2(rank + 2.0), 0.0)
+def evaluate(lg: np.ndarray, new: np.ndarray, targets: np.ndarray, betas) -> dict[float, dict[str, np.ndarray]]:
+    """Per beta (added to every new item's logit): per-user NDCG@10 of the target over the full catalogue
+    (``full``) and among the new items only (``among``)."""
+    from generative_rec.evaluation.metrics import ndcg
 
-
-def evaluate(states, rows, new, data, split_hists, targets, betas) -> dict[float, dict[str, np.ndarray]]:
+    rows = np.arange(len(targets))
     out = {}
     for b in betas:
-        full, among = ranks(states, rows, new, float(b), split_hists, targets)
-        out[float(b)] = {"full": ndcg(full), "among": ndcg(among)}
+        shifted = lg.copy()
+        shifted[:, new] += float(b)
+        tgt = shifted[rows, targets][:, None]
+        full = (shifted > tgt).sum(1) + 1  # 1-based ranks
+        among = (np.where(new[None, :], shifted, -np.inf) > tgt).sum(1) + 1
+        out[float(b)] = {"full": ndcg(full, K), "among": ndcg(among, K)}
     return out
 
 
@@ -224,8 +229,10 @@ def run_bundle(name: str, work: Path, bundle_path: Path, data_path: Path) -> dic
     ck = per_user["content_knn/NDCG@10"]
     rows_out = {}
     for label, (rows, params) in predictors.items():
-        cv = evaluate(st["valid"], rows, new, data, hv, yv, BETAS)
-        ct = evaluate(st["test"], rows, new, data, ht, yt, BETAS)
+        cv = evaluate(scores(st["valid"], rows, hv), new, yv, BETAS)
+        ct = evaluate(scores(st["test"], rows, ht), new, yt, BETAS)
+        if label == "as trained":
+            off = ct[OFF]["full"]  # new items switched off: the same for every predictor
         rec = {"params": params, "test_among_new_NDCG@10": round(float(ct[0.0]["among"][nt].mean()), 4)}
         for suffix, max_loss in PRIOR_RULES.items():
             b = choose_beta(cv, nv, max_loss)
@@ -238,7 +245,6 @@ def run_bundle(name: str, work: Path, bundle_path: Path, data_path: Path) -> dic
         rows_out[label] = rec
         print(f"{name} {bundle_path.name} {label}: " + ", ".join(f"{s} beta {rec[s]['beta']:g} new {rec[s]['new_NDCG@10']} known "
                                               f"{rec[s]['known_NDCG@10']}" for s in PRIOR_RULES), flush=True)
-    off = evaluate(st["test"], trained_rows, new, data, ht, yt, [OFF])[OFF]["full"]
     return {"data_name": data.name, "bundle": rel(bundle_path), "text_rows": bundle.metrics.get("train", {}).get("text_rows"), "test_users": int(data.num_users),
             "new_target_test_users": int(nt.sum()), "new_target_valid_users": int(nv.sum()),
             "content_knn": {"new_NDCG@10": round(float(ck[nt].mean()), 4), "known_NDCG@10": round(float(ck[~nt].mean()), 4)},
