@@ -18,6 +18,7 @@ from generative_rec.errors import ConfigError
 from generative_rec.indexing.base import IndexConfig
 from generative_rec.modeling import LoraSettings
 from generative_rec.options import _coerce, from_dict  # noqa: F401  (re-exported: config.from_dict)
+from generative_rec.prompts import resolve_align
 
 
 @dataclass
@@ -61,11 +62,15 @@ class PromptSection:
     max_history: int = field(default=20, metadata={"help": "most recent history items shown in a prompt"})
     min_context: int = field(default=1, metadata={"help": "items of context before the first trained target"})
     windows: str = field(default="last", metadata={"help": "last: each user's most recent window; all: every window"})
-    align: int = field(default=0, metadata={
+    align: int | str = field(default="auto", metadata={
         "help": "pad each next-item prompt with leading filler tokens to a multiple of this many tokens, so "
-                "item IDs start on a KV-cache block boundary (32: vLLM's CPU block; 0: off); training packs "
-                "sequences with 0..align-1 fillers. Recorded in the bundle"})
+                "item IDs start on a KV-cache block boundary and vLLM reuses the whole prompt for every beam "
+                "(32: vLLM's CPU block; 0: off; auto: 32 for multi-token IDs, 0 for one-token IDs); training "
+                "packs sequences with 0..align-1 fillers. Recorded in the bundle"})
     task_options: dict = field(default_factory=dict, metadata={"help": "task name -> task-specific options"})
+
+    def __post_init__(self):
+        resolve_align(self.align, True)  # a bad value is a ConfigError when the config loads, not at training
 
 
 @dataclass

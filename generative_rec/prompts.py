@@ -12,6 +12,8 @@ whole prompt in the prefix cache instead of recomputing its last partial block. 
 :func:`filler_token`. Packed sequence examples cannot align every position at once; each gets a random
 filler count in ``[0, A)`` from the task's seeded rng, so the model learns that leading fillers carry
 nothing. Single-item tasks (item title, explanations) are never aligned, in training or at inference.
+The default, ``align: auto`` (:func:`resolve_align`), aligns to :data:`KV_BLOCK` exactly when item IDs take
+more than one token: one-token IDs are scored in one request whatever the prompt, so they gain nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ import yaml
 from generative_rec.errors import ConfigError
 from generative_rec.paths import repo_root
 from generative_rec.plain_text import plain_ids
+
+KV_BLOCK = 32  # the KV-cache block of the engines genrec opens (decoding.vllm_engine.DEFAULT_BLOCK_SIZE; vLLM CPU: 32)
+
+
+def resolve_align(align: int | str, multi_token: bool) -> int:
+    """The prompt alignment a run uses: ``prompts.align`` as given, or for ``"auto"`` :data:`KV_BLOCK` when
+    item IDs take several tokens (``multi_token``) and 0 otherwise."""
+    if align == "auto":
+        return KV_BLOCK if multi_token else 0
+    if not isinstance(align, int) or isinstance(align, bool) or align < 0:
+        raise ConfigError(f"prompts.align must be 'auto' or an integer >= 0 (0: off), not {align!r}")
+    return align
 
 IGNORE = -100
 _FIELD = re.compile(r"\{(\w+)\}")

@@ -46,9 +46,10 @@ import numpy as np
 
 from generative_rec.decoding.beam import Beam, Ranked, SearchStats, constrained_beam_search
 from generative_rec.decoding.topk import Candidates, max_width, node_depth
+from generative_rec.prompts import KV_BLOCK
 from generative_rec.trie import Trie
 
-DEFAULT_BLOCK_SIZE = 32
+DEFAULT_BLOCK_SIZE = KV_BLOCK  # prefix caching reuses whole blocks; CPU attention needs multiples of 32
 DEFAULT_MAX_LOGPROBS = 512  # the widest top-W a request may ask for, plus vllm_processor.LOGPROBS_EXTRA
 
 

@@ -10,7 +10,7 @@ from helpers import load_tiny, sequential_setup
 
 from generative_rec.bundle import Bundle
 from generative_rec.errors import ConfigError
-from generative_rec.prompts import IGNORE, Renderer, filler_token, load_templates
+from generative_rec.prompts import IGNORE, KV_BLOCK, Renderer, filler_token, load_templates, resolve_align
 from generative_rec.tasks import build_task
 from generative_rec.tasks.base import TaskContext
 
@@ -118,10 +118,42 @@ def test_manifest_round_trip_and_serving_prompts(tiny_data, tmp_path):
     assert len(old.prompt_ids([0, 1])) < len(b.prompt_ids([0, 1]))
 
 
-def test_align_zero_is_the_default_and_writes_no_filler(tiny_bundle):
+def test_auto_is_off_for_one_token_ids(tiny_bundle):
+    """The default ``align: auto`` leaves one-token (atomic) IDs unaligned: one request scores them anyway."""
     m = json.loads((tiny_bundle / "bundle.json").read_text())
-    assert m["prompt_align"] == 0 and m["prompt_filler"] is None
+    assert m["scheme"] == "atomic" and m["prompt_align"] == 0 and m["prompt_filler"] is None
     b = Bundle(tiny_bundle)
     t = b.template()
     assert b.prompt_ids([0, 1]) == b.renderer.bos + b.renderer._fill(t.prompt, history=[0, 1], t=t)[0] + (
         b.renderer.text(t.sep) if t.sequence_capable else [])
+
+
+def test_auto_aligns_multi_token_ids_to_the_engine_block(tiny_data, tmp_path):
+    from generative_rec.config import RunConfig
+    from generative_rec.decoding.vllm_engine import DEFAULT_BLOCK_SIZE
+    from generative_rec.training import train
+
+    assert RunConfig().prompts.align == "auto" and KV_BLOCK == DEFAULT_BLOCK_SIZE
+    cfg = load_tiny(tiny_data, tmp_path / "bundle", index={"scheme": "sequential"})
+    cfg.train.max_steps = 1
+    b = Bundle(train(cfg))
+    assert b.prompt_align == KV_BLOCK and b.renderer.filler == filler_token(b.tokenizer)
+    assert all(len(b.prompt_ids(h)) % KV_BLOCK == 0 for h in ([0], [1, 2, 3]))
+
+
+def test_resolve_align():
+    assert resolve_align("auto", True) == KV_BLOCK and resolve_align("auto", False) == 0
+    assert resolve_align(0, True) == 0 and resolve_align(64, False) == 64  # an explicit value is kept
+    for bad in (-1, "yes", 1.5, True, None):
+        with pytest.raises(ConfigError, match="prompts.align"):
+            resolve_align(bad, True)
+
+
+def test_config_accepts_auto_and_integers_only(tiny_data, tmp_path):
+    from generative_rec.config import load_config
+
+    assert load_config(None, ["prompts.align=auto"]).prompts.align == "auto"
+    assert load_config(None, ["prompts.align=32"]).prompts.align == 32
+    for bad in ("[1]", "yes", "-32"):
+        with pytest.raises(ConfigError, match="prompts.align"):
+            load_config(None, [f"prompts.align={bad}"])
