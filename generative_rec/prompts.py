@@ -30,7 +30,7 @@ from generative_rec.errors import ConfigError
 from generative_rec.paths import repo_root
 from generative_rec.plain_text import plain_ids
 
-KV_BLOCK = 32  # the KV-cache block of the engines genrec opens (decoding.vllm_engine.DEFAULT_BLOCK_SIZE; vLLM CPU: 32)
+KV_BLOCK = 32  # the KV-cache block of the engines genrec opens (vLLM's CPU attention needs multiples of 32)
 
 
 def resolve_align(align: int | str, multi_token: bool) -> int:
@@ -117,11 +117,11 @@ class Renderer:
 
     ``id_tokens[i]`` is item ``i``'s ID as token ids (exactly what the trie holds). ``align``: next-item
     prompts are padded with ``filler`` (default :func:`filler_token`) to a multiple of ``align`` tokens
-    (0: never; see the module docstring).
+    (0: never; ``"auto"``: :func:`resolve_align` over these IDs; see the module docstring).
     """
 
     def __init__(self, tokenizer, id_tokens: Sequence[Sequence[int]], titles: Sequence[str],
-                 domain: str = "item", extra: dict[str, Sequence[str]] | None = None, align: int = 0,
+                 domain: str = "item", extra: dict[str, Sequence[str]] | None = None, align: int | str = 0,
                  filler: int | None = None):
         self.tokenizer = tokenizer
         self.id_tokens = [list(t) for t in id_tokens]
@@ -132,10 +132,8 @@ class Renderer:
         self._title_cache: dict[int, list[int]] = {}
         self.bos = self._special_prefix()
         self.eos = tokenizer.eos_token_id
-        if not isinstance(align, int) or isinstance(align, bool) or align < 0:
-            raise ConfigError(f"prompts.align must be an integer >= 0 (0: off), not {align!r}")
-        self.align = align
-        self.filler = (filler if filler is not None else filler_token(tokenizer)) if align else filler
+        self.align = resolve_align(align, any(len(t) > 1 for t in self.id_tokens))
+        self.filler = (filler if filler is not None else filler_token(tokenizer)) if self.align else filler
 
     def _special_prefix(self) -> list[int]:
         ids = self.tokenizer("x", add_special_tokens=True)["input_ids"]

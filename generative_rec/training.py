@@ -48,7 +48,7 @@ from generative_rec.modeling import (
     token_vectors,
     untie_output_embeddings,
 )
-from generative_rec.prompts import IGNORE, Renderer, Template, load_templates, resolve_align
+from generative_rec.prompts import IGNORE, Renderer, Template, load_templates
 from generative_rec.tasks import TASKS, TaskContext, build_task
 from generative_rec.tasks.next_item import windows  # noqa: F401  (re-exported for callers and tests)
 from generative_rec.text_rows import TextRows, text_vectors
@@ -467,7 +467,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
     id_tokens = index.token_ids(tok)
     trie = index.build_trie(tok)
     domain = data.meta.get("domain", "item")
-    renderer = Renderer(tok, id_tokens, data.titles, domain, align=resolve_align(cfg.prompts.align, trie.max_depth > 1))
+    renderer = Renderer(tok, id_tokens, data.titles, domain, align=cfg.prompts.align)
     templates = select_templates(cfg)
     setup = TrainingSetup(cfg, data, renderer, templates, new_ids)
     # Schedule: micro-batches per epoch are known up front (examples are a function of seed and epoch).
@@ -636,7 +636,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path
         if unwrapped.fuser is not None:
             unwrapped.fuser.fold(unwrapped.model)  # the projected rows become the model's own item rows
         write_bundle(out, cfg, unwrapped.model, tok, data, index, trie, templates,
-                     {"train": train_info, "valid": val})
+                     {"train": train_info, "valid": val}, renderer)
         accelerator.print(f"bundle written to {out}  (final loss {train_info['final_loss']}, "
                           f"{train_info['tokens_per_s']} tokens/s)")
     accelerator.wait_for_everyone()
@@ -715,7 +715,8 @@ def _inference_template(cfg: RunConfig, templates: dict[str, list[Template]]) ->
     return allt[key]
 
 
-def write_bundle(out: Path, cfg: RunConfig, peft_model, tok, data: RecData, index, trie, templates, metrics) -> None:
+def write_bundle(out: Path, cfg: RunConfig, peft_model, tok, data: RecData, index, trie, templates, metrics,
+                 renderer: Renderer) -> None:
     """Save adapter, merged model, tokenizer and the serving metadata into ``out`` (each part atomically)."""
     from generative_rec.bundle import write_bundle_files
 
@@ -738,7 +739,7 @@ def write_bundle(out: Path, cfg: RunConfig, peft_model, tok, data: RecData, inde
         "new_tokens": len(index.new_tokens), "merged": cfg.train.merge,
         "trained_templates": [t.key for task, ts in templates.items() if cfg.prompts.tasks.get(task) for t in ts],
         "heldout_templates": [t.key for t in used if t.heldout],
-        "max_history": cfg.prompts.max_history, **prompt_alignment(cfg, tok, trie),
+        "max_history": cfg.prompts.max_history, **prompt_alignment(renderer),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_bundle_files(
@@ -751,12 +752,10 @@ def write_bundle(out: Path, cfg: RunConfig, peft_model, tok, data: RecData, inde
     shutil.rmtree(out / "work", ignore_errors=True)
 
 
-def prompt_alignment(cfg: RunConfig, tok, trie) -> dict:
-    """The manifest's record of block-aligned prompts (``Bundle.renderer`` reads it back); ``auto`` resolved."""
-    from generative_rec.prompts import filler_token
-
-    align = resolve_align(cfg.prompts.align, trie.max_depth > 1)
-    return {"prompt_align": align, "prompt_filler": filler_token(tok) if align else None}
+def prompt_alignment(renderer: Renderer) -> dict:
+    """The manifest's record of the training renderer's block-aligned prompts (``auto`` resolved;
+    ``Bundle.renderer`` reads it back)."""
+    return {"prompt_align": renderer.align, "prompt_filler": renderer.filler if renderer.align else None}
 
 
 def config_dict(cfg: RunConfig) -> dict:

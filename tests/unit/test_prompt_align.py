@@ -149,7 +149,7 @@ def test_resolve_align():
             resolve_align(bad, True)
 
 
-def test_config_accepts_auto_and_integers_only(tiny_data, tmp_path):
+def test_config_accepts_auto_and_integers_only():
     from generative_rec.config import load_config
 
     assert load_config(None, ["prompts.align=auto"]).prompts.align == "auto"
